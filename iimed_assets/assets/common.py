@@ -1,0 +1,94 @@
+"""Metadata helpers every asset uses: column schema, row previews, ledger breakdowns, progress logs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import dagster as dg
+
+from iimed_assets.core.schema import SAMPLE_COLUMN_DESCRIPTIONS, SAMPLE_COLUMNS_DDL, check_identifier
+from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
+
+
+def sample_column_schema(extra: Mapping[str, tuple[str, str]] | None = None) -> dg.TableSchema:
+    cols = [dg.TableColumn(name, type_.replace(" NOT NULL", ""), description=SAMPLE_COLUMN_DESCRIPTIONS.get(name))
+            for name, type_ in SAMPLE_COLUMNS_DDL]
+    for name, (type_, desc) in (extra or {}).items():
+        cols.append(dg.TableColumn(name, type_, description=desc))
+    return dg.TableSchema(columns=cols)
+
+
+def _md_cell(value: Any, width: int = 140) -> str:
+    text = "" if value is None else str(value)
+    text = " ".join(text.split())
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def markdown_table(headers: list[str], rows: list[tuple], width: int = 140) -> str:
+    if not rows:
+        return "_(no rows)_"
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        out.append("| " + " | ".join(_md_cell(v, width) for v in row) + " |")
+    return "\n".join(out)
+
+
+def ledger_markdown(counts: Mapping[str, int], total_in: int) -> str:
+    if not counts:
+        return "_no rows rejected_"
+    rows = [(reason, n, f"{n / total_in:.2%}" if total_in else "-") for reason, n in counts.items()]
+    return markdown_table(["reason", "rows", "share of input"], rows)
+
+
+def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, asset: str) -> dict[str, Any]:
+    """Counts, shares and a preview of one source partition, read in one connection."""
+    table = check_identifier(table)
+    with warehouse.connect() as con:
+        rows, empty, with_think, with_options, with_gold = con.execute(
+            f"""SELECT count(*),
+                       count(*) FILTER (WHERE trim(prompt) = ''),
+                       count(*) FILTER (WHERE list_bool_or(list_transform(messages,
+                           lambda m: m.role = 'assistant' AND contains(m.content, '<think>')))),
+                       count(*) FILTER (WHERE options IS NOT NULL),
+                       count(*) FILTER (WHERE gold_answer IS NOT NULL)
+                FROM {table} WHERE source = ?""", [partition]).fetchone()
+        languages = dict(con.execute(
+            f"SELECT language, count(*) FROM {table} WHERE source = ? GROUP BY 1 ORDER BY 2 DESC",
+            [partition]).fetchall())
+        preview = con.execute(
+            f"""SELECT id, prompt, gold_answer, len(messages) AS turns,
+                       messages[len(messages)].content AS last_turn
+                FROM {table} WHERE source = ? ORDER BY id LIMIT 5""", [partition]).fetchall()
+        ledger = dict(con.execute(
+            f"SELECT reason, count(*) FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
+            "GROUP BY 1 ORDER BY 2 DESC, 1", [asset, partition]).fetchall())
+        ledger_examples = con.execute(
+            f"SELECT reason, row_id, detail FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
+            "ORDER BY reason, row_id LIMIT 8", [asset, partition]).fetchall()
+    return {"rows": rows, "empty_prompts": empty, "with_think": with_think, "with_options": with_options,
+            "with_gold": with_gold, "languages": languages, "preview": preview, "ledger": ledger,
+            "ledger_examples": ledger_examples}
+
+
+class Progress:
+    """Logs rows done, rate and (when the total is known) ETA, at most every `every_s` seconds."""
+
+    def __init__(self, log: Callable[[str], None], what: str, total: int | None = None, every_s: float = 10.0):
+        self.log, self.what, self.total, self.every_s = log, what, total, every_s
+        self.started = time.perf_counter()
+        self.last = self.started
+
+    def __call__(self, done: int, _elapsed: float | None = None) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        msg = f"{self.what}: {done:,} rows, {rate:,.0f} rows/s"
+        if self.total:
+            eta = (self.total - done) / rate if rate > 0 else float("inf")
+            msg += f", {done / self.total:.1%} done, ETA {eta:,.0f}s"
+        self.log(msg)

@@ -1,0 +1,118 @@
+"""Source assets: every registry source, normalised into the sample row, one partition per source.
+
+Each asset reads its partition's source (bundled sample, hub or local mirror), stages accepted rows
+and ledger rows as Parquet outside the warehouse, then swaps them in with one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+
+from iimed_assets import checks
+from iimed_assets.assets.common import Progress, ledger_markdown, markdown_table, sample_column_schema, \
+    sample_partition_stats
+from iimed_assets.partitions import PARTITIONS_BY_SECTION
+from iimed_assets.resources.catalog import SourceCatalog
+from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.sources.ingest import ingest
+from iimed_assets.sources.registry import get_source
+
+
+def materialize_source_partition(
+    context: dg.AssetExecutionContext, warehouse: Warehouse, catalog: SourceCatalog, *, asset: str,
+) -> dg.MaterializeResult:
+    name = context.partition_key
+    spec = get_source(name)
+    origin = catalog.origin(name)
+    context.log.info(f"{asset}[{name}]: reading {spec.title} from {origin}")
+    staging_root = warehouse.database.parent / "staging"
+    staging_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=staging_root) as tmp:
+        result = ingest(
+            catalog.read(name), source=name, section=spec.section, staging_dir=Path(tmp),
+            batch_rows=catalog.batch_rows, max_rows=catalog.resolved_max_rows(),
+            progress=Progress(context.log.info, f"{asset}[{name}]"), progress_every=10_000,
+        )
+        context.log.info(f"{asset}[{name}]: read {result.rows_read:,} rows in {result.seconds:.1f}s "
+                         f"({result.rows_per_s:,.0f} rows/s); swapping into the warehouse")
+        warehouse.replace_source_partition(table=asset, asset=asset, partition=name, rows_path=result.rows_path,
+                                           ledger_path=result.ledger_path, run_id=context.run_id)
+
+    stats = sample_partition_stats(warehouse, asset, name, asset)
+    ledger_rows = sum(stats["ledger"].values())
+    lo, hi = catalog.bounds(spec)
+    rows = stats["rows"]
+    share = (lambda n: round(n / rows, 4) if rows else 0.0)
+    metadata = {
+        "dagster/row_count": rows,
+        "dagster/column_schema": sample_column_schema(),
+        "source": dg.MetadataValue.md(
+            f"**{spec.title}** — section `{spec.section}`\n\n"
+            f"- hub: `{spec.hf_id or 'none (local file only)'}` config `{spec.config}` split `{spec.split}`\n"
+            f"- licence: {spec.licence}\n- read from: `{origin}`\n"
+            + (f"- offline sample: {spec.sample_note}\n" if spec.sample_note else "")
+            + (f"- note: {spec.notes}\n" if spec.notes else "")),
+        "rows_read": result.rows_read,
+        "rows_rejected": ledger_rows,
+        "rejected_by_reason": dg.MetadataValue.md(ledger_markdown(stats["ledger"], result.rows_read)),
+        **{f"rejected/{reason}": n for reason, n in stats["ledger"].items()},
+        "ledger_examples": dg.MetadataValue.md(markdown_table(["reason", "row", "detail"], stats["ledger_examples"])),
+        "share_with_reasoning": share(stats["with_think"]),
+        "share_with_options": share(stats["with_options"]),
+        "share_with_gold_answer": share(stats["with_gold"]),
+        "languages": dg.MetadataValue.json(stats["languages"]),
+        "read_rows_per_s": round(result.rows_per_s, 1),
+        "read_seconds": round(result.seconds, 2),
+        "preview": dg.MetadataValue.md(markdown_table(["id", "prompt", "gold", "turns", "last turn"], stats["preview"])),
+    }
+    context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
+                     f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            checks.rows_conserved(result.rows_read, rows, ledger_rows),
+            checks.row_count_in_bounds(rows, lo, hi),
+            checks.no_empty_prompts(stats["empty_prompts"], rows),
+        ],
+    )
+
+
+def build_source_asset(name: str, section: str, description: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=name,
+        description=description,
+        partitions_def=PARTITIONS_BY_SECTION[section],
+        group_name="sources",
+        kinds={"duckdb", "python"},
+        check_specs=checks.source_check_specs(name),
+        tags={"section": section},
+        metadata={"table": name, "section": section},
+    )
+    def _source_asset(context: dg.AssetExecutionContext, warehouse: Warehouse,
+                      catalog: SourceCatalog) -> dg.MaterializeResult:
+        return materialize_source_partition(context, warehouse, catalog, asset=name)
+
+    return _source_asset
+
+
+public_reasoning_rows = build_source_asset(
+    "public_reasoning_rows", "public_reasoning",
+    "Section 1: public medical reasoning traces (GeneralThought, Medical-R1-Distill, m23k), as sample rows.")
+qa_seed_rows = build_source_asset(
+    "qa_seed_rows", "qa_seed",
+    "Section 2 seeds: MedMCQA, MedQA, PubMedQA and MedReason prompts with gold answers.")
+r1_trace_rows = build_source_asset(
+    "r1_trace_rows", "r1_traces",
+    "Section 3: public R1 traces from seven sets, before the medical/biology domain filter.")
+instruct_prompt_rows = build_source_asset(
+    "instruct_prompt_rows", "instruct",
+    "Section 4: medical instruction prompts with reference answers (Apollo, ChatDoctor, Evol, AM-Qwen3).")
+eval_items = build_source_asset(
+    "eval_items", "eval",
+    "Evaluation-set items used only for decontamination (never training rows).")
+
+SOURCE_ASSETS = [public_reasoning_rows, qa_seed_rows, r1_trace_rows, instruct_prompt_rows, eval_items]

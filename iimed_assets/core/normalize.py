@@ -1,0 +1,445 @@
+"""Normalise one raw source record into a sample row.
+
+A `FieldMap` says where each sample-row field lives in a source's native record; `normalize_record`
+applies it and raises `RowRejected(reason, detail)` for a row that cannot become a sample row. The
+loaders turn that exception into a ledger row, so one bad record never stops a partition.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import string
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from iimed_assets.core.schema import Reason, content_key, make_row_id
+
+LETTERS = string.ascii_uppercase
+
+
+class RowRejected(Exception):
+    """A record that cannot become a sample row. `reason` is a short ledger code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Where a source keeps each field of the sample row. Paths are dotted (`instances.input`).
+
+    gold_format says how to read `gold_answer`:
+      text        - as it is
+      letter      - an option letter ("C", "(C)", ["C"])
+      index0      - a 0-based option index
+      option_text - the text of the correct option (turned into its letter)
+      answer_tag  - "Answer: (A)"-style text
+    """
+
+    id: str | None = None
+    prompt: str | tuple[str, ...] | None = None
+    conversation: str | None = None
+    system: str | None = None
+    context: str | None = None
+    reasoning: str | None = None
+    response: str | None = None
+    gold_answer: str | None = None
+    gold_format: str = "text"
+    options: str | tuple[str, ...] | None = None
+    options_in_prompt: bool = False
+    labeled_prompt: bool = False
+    language: str = "en"
+    meta: tuple[str, ...] = ()
+    where: tuple[tuple[str, tuple[Any, ...]], ...] = field(default_factory=tuple)
+
+    def fields_used(self) -> list[str]:
+        out: list[str] = []
+        for value in (self.id, self.prompt, self.conversation, self.system, self.context,
+                      self.reasoning, self.response, self.gold_answer, self.options):
+            if isinstance(value, str):
+                out.append(value)
+            elif isinstance(value, tuple):
+                out.extend(value)
+        out.extend(self.meta)
+        out.extend(path for path, _ in self.where)
+        return out
+
+
+_MISSING = object()
+
+
+def get_path(record: Any, path: str, default: Any = None) -> Any:
+    """Read a dotted path; integer parts index lists (`choices.0.text`, `-1` for the last)."""
+    cur = record
+    for part in path.split("."):
+        if isinstance(cur, Mapping):
+            cur = cur.get(part, _MISSING)
+        elif isinstance(cur, Sequence) and not isinstance(cur, (str, bytes)):
+            try:
+                cur = cur[int(part)]
+            except (ValueError, IndexError):
+                cur = _MISSING
+        else:
+            cur = _MISSING
+        if cur is _MISSING:
+            return default
+    return cur
+
+
+def _as_text(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    raise RowRejected(Reason.WRONG_TYPE, f"{what} is {type(value).__name__}, expected text")
+
+
+# --- think / answer -------------------------------------------------------------------------
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def split_think(text: str) -> tuple[str | None, str, bool]:
+    """Split `<think>reasoning</think>answer`. Returns (reasoning, answer, closed).
+
+    A text with no think block gives (None, text, True). An opened but never closed block (a cut-off
+    trace) gives (reasoning-so-far, "", False): the caller decides what to do with it.
+    """
+    start = text.find(_THINK_OPEN)
+    if start == -1:
+        end = text.find(_THINK_CLOSE)
+        if end == -1:
+            return None, text.strip(), True
+        # Some models omit the opening tag (the chat template adds it).
+        return text[:end].strip(), text[end + len(_THINK_CLOSE):].strip(), True
+    end = text.find(_THINK_CLOSE, start)
+    if end == -1:
+        return text[start + len(_THINK_OPEN):].strip(), "", False
+    return text[start + len(_THINK_OPEN):end].strip(), text[end + len(_THINK_CLOSE):].strip(), True
+
+
+def assistant_content(reasoning: str | None, answer: str) -> str:
+    """The assistant turn of the contract: `<think>\\n…\\n</think>\\n\\n` + answer when there is reasoning."""
+    if reasoning:
+        return f"{_THINK_OPEN}\n{reasoning.strip()}\n{_THINK_CLOSE}\n\n{answer.strip()}".rstrip()
+    return answer.strip()
+
+
+# --- options ----------------------------------------------------------------------------------
+
+def parse_options(value: Any) -> dict[str, str] | None:
+    """Options in any of the shapes the sources use -> {letter: text}.
+
+    Accepts a mapping, a list of strings (lettered A, B, ...), a list of {label,text} /
+    {letter,content} / {key,value} dicts, or a string holding a JSON/Python list or dict.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                raise RowRejected(Reason.WRONG_TYPE, "options is a string that holds no list or mapping")
+    if isinstance(value, Mapping):
+        out = {str(k).strip(): _as_text(v, "option") or "" for k, v in value.items()}
+    elif isinstance(value, Sequence):
+        out = {}
+        for i, item in enumerate(value):
+            if isinstance(item, Mapping):
+                label = item.get("label", item.get("letter", item.get("key")))
+                text = item.get("text", item.get("content", item.get("value")))
+                if label is None or text is None:
+                    raise RowRejected(Reason.WRONG_TYPE, f"option {i} has no label/text")
+                out[str(label).strip()] = _as_text(text, "option") or ""
+            else:
+                if i >= len(LETTERS):
+                    raise RowRejected(Reason.WRONG_TYPE, "more than 26 options")
+                out[LETTERS[i]] = _as_text(item, "option") or ""
+    else:
+        raise RowRejected(Reason.WRONG_TYPE, f"options is {type(value).__name__}")
+    # Placeholders such as "n/a" in AfriMed-QA's 5th slot are not options.
+    out = {k: v for k, v in out.items() if v.strip() and v.strip().lower() not in {"n/a", "na"}}
+    return out or None
+
+
+_CHOICES_BLOCK = re.compile(r"\n?\s*Answer Choices:\s*(?P<body>\(A\).*)$", re.S)
+_PAREN_OPTION = re.compile(r"\(([A-Z])\)\s*")
+_LINE_OPTION = re.compile(r"^\s*Option\s+([A-Z])\s*[:.)]\s*(.*)$", re.M)
+
+
+def options_from_text(text: str) -> tuple[str, dict[str, str] | None]:
+    """Split options written inside a question: `Answer Choices: (A) … (B) …` or `Option A: …` lines.
+
+    Returns (stem, options); (text, None) when no options block is found.
+    """
+    m = _CHOICES_BLOCK.search(text)
+    if m:
+        body = m.group("body")
+        parts = _PAREN_OPTION.split(body)
+        # parts = ["", "A", "text", "B", "text", ...]
+        letters = parts[1::2]
+        texts = [t.strip() for t in parts[2::2]]
+        if letters and letters == list(LETTERS[: len(letters)]):
+            return text[: m.start()].rstrip(), dict(zip(letters, texts))
+    lines = list(_LINE_OPTION.finditer(text))
+    if len(lines) >= 2:
+        letters = [x.group(1) for x in lines]
+        if letters == list(LETTERS[: len(letters)]):
+            stem = text[: lines[0].start()].rstrip()
+            return stem, {x.group(1): x.group(2).strip() for x in lines}
+    return text, None
+
+
+def render_options(options: Mapping[str, str]) -> str:
+    return "\n".join(f"{k}. {v}" for k, v in options.items())
+
+
+_ANSWER_TAG = re.compile(r"^\s*(?:the\s+)?(?:correct\s+)?answer\s*(?:is)?\s*[:\-]?\s*\(?([A-Z])\)?\s*\.?\s*$", re.I)
+
+
+def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> str | None:
+    """Normalise a gold answer into an option letter when the row has options."""
+    if value is None:
+        return None
+    if fmt == "index0":
+        try:
+            idx = int(value)
+        except (TypeError, ValueError):
+            raise RowRejected(Reason.WRONG_TYPE, f"gold index {value!r} is not an integer")
+        if not 0 <= idx < len(LETTERS):
+            raise RowRejected(Reason.WRONG_TYPE, f"gold index {idx} out of range")
+        return LETTERS[idx]
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise RowRejected(Reason.WRONG_TYPE, f"gold answer list has {len(value)} items")
+        value = value[0]
+    text = _as_text(value, "gold_answer")
+    if text is None:
+        return None
+    text = text.strip()
+    if fmt == "letter":
+        letter = text.strip("() .").upper()
+        if len(letter) == 1 and letter in LETTERS:
+            return letter
+        raise RowRejected(Reason.WRONG_TYPE, f"gold answer {text[:40]!r} is not a letter")
+    if fmt == "answer_tag":
+        m = _ANSWER_TAG.match(text)
+        if m:
+            return m.group(1).upper()
+        raise RowRejected(Reason.WRONG_TYPE, f"gold answer {text[:40]!r} has no 'Answer: (X)'")
+    if fmt == "option_text":
+        if options:
+            norm = _fold(text)
+            for letter, opt in options.items():
+                if _fold(opt) == norm:
+                    return letter
+        raise RowRejected(Reason.WRONG_TYPE, f"gold answer {text[:40]!r} matches no option")
+    return text
+
+
+def _fold(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip(".")
+
+
+# --- prompts ----------------------------------------------------------------------------------
+
+_LABELS = re.compile(r"^(CONTEXT|QUESTION|Question|Context)\s*:\s*", re.M)
+
+
+def split_labeled(text: str) -> dict[str, str]:
+    """`CONTEXT: … QUESTION: …` -> {"context": …, "question": …}; unlabeled text is the question."""
+    parts = _LABELS.split(text)
+    out: dict[str, str] = {}
+    if parts[0].strip():
+        out["question"] = parts[0].strip()
+    for label, body in zip(parts[1::2], parts[2::2]):
+        out[label.lower()] = body.strip()
+    return out
+
+
+_ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                 "system": "system", "model": "assistant", "bot": "assistant"}
+
+
+def normalize_conversation(turns: Any) -> list[dict[str, str]]:
+    """Turns as [{role, content}] or ShareGPT [{from, value}] -> [{role, content}]."""
+    if not isinstance(turns, Sequence) or isinstance(turns, (str, bytes)):
+        raise RowRejected(Reason.BAD_MESSAGES, f"conversation is {type(turns).__name__}, expected a list")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            raise RowRejected(Reason.BAD_MESSAGES, f"turn {i} is {type(turn).__name__}")
+        role = _ROLE_ALIASES.get(str(turn.get("role", turn.get("from", ""))).lower())
+        content = turn.get("content", turn.get("value"))
+        if role is None or not isinstance(content, str):
+            raise RowRejected(Reason.BAD_MESSAGES, f"turn {i} has no known role or text content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+
+
+def detect_language(text: str, default: str) -> str:
+    """Cheap script check: mostly-CJK text is Chinese, whatever the source's default."""
+    sample = text[:2000]
+    letters = sum(1 for ch in sample if ch.isalpha())
+    if letters and len(_CJK.findall(sample)) / letters > 0.3:
+        return "zh"
+    return default
+
+
+# --- the record -> row mapping ----------------------------------------------------------------
+
+def in_scope(record: Mapping[str, Any], fm: FieldMap) -> str | None:
+    """None when the record passes the map's `where` filter, else a detail string."""
+    for path, allowed in fm.where:
+        value = get_path(record, path)
+        if value not in allowed:
+            return f"{path}={str(value)[:60]!r}"
+    return None
+
+
+def normalize_record(
+    record: Any,
+    fm: FieldMap,
+    *,
+    source: str,
+    section: str,
+    fallback_native_id: str = "",
+    native_prefix: str = "",
+) -> dict[str, Any]:
+    """Apply a FieldMap to one native record and return a sample row (see core.schema)."""
+    if not isinstance(record, (Mapping, list)):
+        raise RowRejected(Reason.WRONG_TYPE, f"record is {type(record).__name__}, expected an object or list")
+    out_of_scope = in_scope(record, fm)
+    if out_of_scope:
+        raise RowRejected(Reason.OUT_OF_SCOPE, out_of_scope)
+
+    meta: dict[str, Any] = {}
+    messages: list[dict[str, str]] = []
+    options: dict[str, str] | None = None
+
+    if fm.conversation:
+        turns = normalize_conversation(get_path(record, fm.conversation))
+        user_turns = [t for t in turns if t["role"] == "user"]
+        if not user_turns:
+            raise RowRejected(Reason.MISSING_PROMPT, "conversation has no user turn")
+        prompt = user_turns[-1]["content"]
+        messages = turns
+        extra = _as_text(get_path(record, fm.response), fm.response) if fm.response else None
+        if extra is not None and turns[-1]["role"] != "assistant":
+            reasoning = _as_text(get_path(record, fm.reasoning), fm.reasoning) if fm.reasoning else None
+            inner, answer, closed = split_think(extra)
+            messages.append({"role": "assistant", "content": assistant_content(reasoning or inner, answer)})
+    else:
+        if fm.prompt is None:
+            raise RowRejected(Reason.MISSING_PROMPT, "no prompt field mapped")
+        paths = (fm.prompt,) if isinstance(fm.prompt, str) else fm.prompt
+        pieces = [_as_text(get_path(record, p), p) for p in paths]
+        if all(p is None for p in pieces):
+            raise RowRejected(Reason.MISSING_PROMPT, f"field {paths[0]!r} is absent or null")
+        prompt = "\n\n".join(p for p in pieces if p)
+
+    if fm.labeled_prompt:
+        parts = split_labeled(prompt)
+        if "context" in parts:
+            meta["context"] = parts["context"]
+        prompt = parts.get("question", "")
+    if fm.context:
+        ctx = get_path(record, fm.context)
+        if isinstance(ctx, Mapping):  # PubMedQA on the hub nests {contexts: [...], labels: [...]}
+            ctx = ctx.get("contexts")
+        ctx_text = _as_text(ctx, fm.context)
+        if ctx_text:
+            meta["context"] = ctx_text
+
+    if fm.options is not None:
+        if isinstance(fm.options, tuple):
+            options = parse_options([get_path(record, p) for p in fm.options if get_path(record, p) is not None])
+        else:
+            options = parse_options(get_path(record, fm.options))
+    if fm.options_in_prompt:
+        stem, parsed = options_from_text(prompt)
+        if parsed:
+            prompt = stem
+            options = options or parsed
+
+    if not prompt or not prompt.strip():
+        raise RowRejected(Reason.EMPTY_PROMPT, "prompt is empty after normalisation")
+
+    question = prompt.strip()
+    if not fm.conversation:
+        user_text = question
+        if options:
+            meta["question"] = question
+            user_text = f"{question}\n\n{render_options(options)}"
+        if "context" in meta:
+            user_text = f"{meta['context']}\n\n{user_text}"
+        system = _as_text(get_path(record, fm.system), fm.system) if fm.system else None
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": user_text})
+        prompt = user_text
+
+        response = _as_text(get_path(record, fm.response), fm.response) if fm.response else None
+        reasoning = _as_text(get_path(record, fm.reasoning), fm.reasoning) if fm.reasoning else None
+        if response is not None or reasoning:
+            inner_reasoning, answer, closed = split_think(response or "")
+            if not closed:
+                meta["think_closed"] = False
+            reasoning = reasoning or inner_reasoning
+            messages.append({"role": "assistant", "content": assistant_content(reasoning, answer) if closed
+                             else f"{_THINK_OPEN}\n{(reasoning or '').strip()}"})
+
+    gold_raw = get_path(record, fm.gold_answer) if fm.gold_answer else None
+    gold = gold_to_letter(gold_raw, fm.gold_format if options or fm.gold_format == "text" else "text", options)
+
+    for path in fm.meta:
+        value = get_path(record, path)
+        if value is not None:
+            meta[path] = value
+
+    native = get_path(record, fm.id) if fm.id else None
+    if native is None or native == "":
+        native = fallback_native_id or content_key(prompt, messages[-1]["content"] if messages else "")
+    native = f"{native_prefix}{native}"
+    try:
+        meta_json = json.dumps(meta, ensure_ascii=False, default=str) if meta else None
+    except (TypeError, ValueError) as exc:
+        raise RowRejected(Reason.WRONG_TYPE, f"meta not serialisable: {exc}")
+    return {
+        "id": make_row_id(source, native),
+        "source": source,
+        "section": section,
+        "prompt": prompt,
+        "messages": messages,
+        "gold_answer": gold,
+        "options": list(options.items()) if options else None,
+        "language": detect_language(prompt, fm.language),
+        "meta": meta_json,
+    }
+
+
+def missing_fields(record: Any, fm: FieldMap) -> list[str]:
+    """Mapped paths whose top-level key is absent from a record: a wrong mapping, not a bad row."""
+    if not isinstance(record, Mapping):
+        return []
+    return sorted({p.split(".")[0] for p in fm.fields_used() if p.split(".")[0] not in record})
+

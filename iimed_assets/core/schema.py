@@ -1,0 +1,114 @@
+"""The sample row contract (ARCHITECTURE.md, "Data contract") and the row ledger schema.
+
+Every table from the sources onward holds these columns; later stages add columns, never rename
+these. Pure Python + pyarrow: no Dagster, no DuckDB connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import pyarrow as pa
+
+SECTIONS = ("public_reasoning", "qa_seed", "r1_traces", "instruct", "eval")
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+
+# Arrow schema of a sample row. `options` is a map letter -> option text; `meta` is a JSON string.
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("section", pa.string()),
+        ("prompt", pa.string()),
+        ("messages", pa.list_(MESSAGE_TYPE)),
+        ("gold_answer", pa.string()),
+        ("options", pa.map_(pa.string(), pa.string())),
+        ("language", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+
+# The same columns in DuckDB. `meta` is JSON so it can be queried with ->> in SQL.
+SAMPLE_COLUMNS_DDL = (
+    ("id", "VARCHAR NOT NULL"),
+    ("source", "VARCHAR NOT NULL"),
+    ("section", "VARCHAR NOT NULL"),
+    ("prompt", "VARCHAR NOT NULL"),
+    ("messages", "STRUCT(role VARCHAR, content VARCHAR)[] NOT NULL"),
+    ("gold_answer", "VARCHAR"),
+    ("options", "MAP(VARCHAR, VARCHAR)"),
+    ("language", "VARCHAR NOT NULL"),
+    ("meta", "JSON"),
+)
+SAMPLE_COLUMN_NAMES = tuple(name for name, _ in SAMPLE_COLUMNS_DDL)
+
+# Human descriptions, shown as the column schema in the Dagster UI.
+SAMPLE_COLUMN_DESCRIPTIONS = {
+    "id": "stable id: hash of source + native id (or of the content when the source has none)",
+    "source": "registry source name (= the partition key)",
+    "section": "recipe section: public_reasoning | qa_seed | r1_traces | instruct | eval",
+    "prompt": "text of the last user turn",
+    "messages": "chat turns; an assistant turn with reasoning holds <think>...</think> then the answer",
+    "gold_answer": "reference answer: an option letter for multiple choice, else text",
+    "options": "multiple-choice options, letter -> text",
+    "language": "ISO 639-1 code",
+    "meta": "JSON of native fields worth keeping",
+}
+
+LEDGER_COLUMNS_DDL = (
+    ("asset", "VARCHAR NOT NULL"),
+    ("partition", "VARCHAR NOT NULL"),
+    ("row_id", "VARCHAR NOT NULL"),
+    ("reason", "VARCHAR NOT NULL"),
+    ("detail", "VARCHAR"),
+    ("run_id", "VARCHAR"),
+    ("recorded_at", "TIMESTAMP DEFAULT current_timestamp"),
+)
+
+# What a stage writes to stage files before the swap; asset/partition/run are added at swap time.
+LEDGER_STAGE_SCHEMA = pa.schema([("row_id", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+# Short reason codes used by the loaders. Later stages add their own (e.g. domain:<label>).
+class Reason:
+    MISSING_PROMPT = "missing_prompt"
+    EMPTY_PROMPT = "empty_prompt"
+    WRONG_TYPE = "wrong_type"
+    INVALID_JSON = "invalid_json"
+    INVALID_UTF8 = "invalid_utf8"
+    OVERSIZE = "oversize"
+    DUPLICATE_ID = "duplicate_id"
+    BAD_MESSAGES = "bad_messages"
+    OUT_OF_SCOPE = "out_of_scope"
+    OVER_ROW_LIMIT = "over_row_limit"
+
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def check_identifier(name: str) -> str:
+    """Table and column names cannot be SQL parameters, so they must match a strict pattern."""
+    if not _IDENT.match(name):
+        raise ValueError(f"not a safe SQL identifier: {name!r}")
+    return name
+
+
+def make_row_id(source: str, native_id: Any) -> str:
+    """Stable row id: the same source + native id always gives the same 24-hex-digit id."""
+    key = f"{source}\x1f{native_id}".encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(key, digest_size=12).hexdigest()
+
+
+def content_key(*parts: str | None) -> str:
+    """A native id for sources without one: a hash of the row's text."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update((part or "").encode("utf-8", "surrogatepass"))
+        h.update(b"\x1f")
+    return "content:" + h.hexdigest()
+
+
+def ddl_columns(columns=SAMPLE_COLUMNS_DDL, extra: tuple[tuple[str, str], ...] = ()) -> str:
+    return ", ".join(f"{check_identifier(n)} {t}" for n, t in (*columns, *extra))

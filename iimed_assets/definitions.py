@@ -1,0 +1,20 @@
+"""The one place the Dagster code location is assembled. Importing it is cheap: no model, engine or
+dataset is loaded here (heavy imports live inside resource methods)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from iimed_assets.assets.sources import SOURCE_ASSETS
+from iimed_assets.resources.catalog import SourceCatalog
+from iimed_assets.resources.warehouse import Warehouse
+
+
+def default_resources() -> dict[str, object]:
+    return {"warehouse": Warehouse(), "catalog": SourceCatalog()}
+
+
+defs = dg.Definitions(assets=[*SOURCE_ASSETS], resources=default_resources())
+
+# Graph order for `iimed-assets materialize` (sources first; later stages append here).
+MATERIALIZE_ORDER = [*SOURCE_ASSETS]

