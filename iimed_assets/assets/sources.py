@@ -4,7 +4,6 @@ Each asset reads its partition's source (bundled sample, hub or local mirror), s
 and ledger rows as Parquet outside the warehouse, then swaps them in with one transaction.
 """
 
-from __future__ import annotations
 
 import json
 import tempfile
@@ -40,7 +39,7 @@ def materialize_source_partition(
         context.log.info(f"{asset}[{name}]: read {result.rows_read:,} rows in {result.seconds:.1f}s "
                          f"({result.rows_per_s:,.0f} rows/s); swapping into the warehouse")
         warehouse.replace_source_partition(table=asset, asset=asset, partition=name, rows_path=result.rows_path,
-                                           ledger_path=result.ledger_path, run_id=context.run_id)
+                                           ledger_path=result.ledger_path, run_id=context.run.run_id)
 
     stats = sample_partition_stats(warehouse, asset, name, asset)
     ledger_rows = sum(stats["ledger"].values())

@@ -173,6 +173,8 @@ def parse_options(value: Any) -> dict[str, str] | None:
                 out[LETTERS[i]] = _as_text(item, "option") or ""
     else:
         raise RowRejected(Reason.WRONG_TYPE, f"options is {type(value).__name__}")
+    if out and all(k.isdigit() for k in out) and [int(k) for k in out] == list(range(1, len(out) + 1)):
+        out = {LETTERS[int(k) - 1]: v for k, v in out.items()}
     # Placeholders such as "n/a" in AfriMed-QA's 5th slot are not options.
     out = {k: v for k, v in out.items() if v.strip() and v.strip().lower() not in {"n/a", "na"}}
     return out or None
@@ -237,24 +239,28 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
         letter = text.strip("() .").upper()
         if len(letter) == 1 and letter in LETTERS:
             return letter
-        raise RowRejected(Reason.WRONG_TYPE, f"gold answer {text[:40]!r} is not a letter")
+        # ARC labels some questions' choices 1-4 instead of A-D (parse_options re-letters them).
+        if letter.isdigit() and options and 1 <= int(letter) <= len(options):
+            return list(options)[int(letter) - 1]
+        raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} is not a letter")
     if fmt == "answer_tag":
         m = _ANSWER_TAG.match(text)
         if m:
             return m.group(1).upper()
-        raise RowRejected(Reason.WRONG_TYPE, f"gold answer {text[:40]!r} has no 'Answer: (X)'")
+        raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} has no 'Answer: (X)'")
     if fmt == "option_text":
         if options:
             norm = _fold(text)
             for letter, opt in options.items():
                 if _fold(opt) == norm:
                     return letter
-        raise RowRejected(Reason.WRONG_TYPE, f"gold answer {text[:40]!r} matches no option")
+        raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} matches no option")
     return text
 
 
 def _fold(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).rstrip(".")
+    # Real rows carry stray quotes and full stops around otherwise identical option text.
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).strip(" .\"'")
 
 
 # --- prompts ----------------------------------------------------------------------------------

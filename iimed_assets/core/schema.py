@@ -81,6 +81,7 @@ class Reason:
     OVERSIZE = "oversize"
     DUPLICATE_ID = "duplicate_id"
     BAD_MESSAGES = "bad_messages"
+    BAD_GOLD = "bad_gold_answer"
     OUT_OF_SCOPE = "out_of_scope"
     OVER_ROW_LIMIT = "over_row_limit"
 

@@ -68,14 +68,15 @@ _MMLU_FLAT = FieldMap(prompt="question", options=("A", "B", "C", "D"), gold_answ
                       gold_format="letter", meta=("subject",))
 _CHATDOCTOR = FieldMap(prompt="input", system="instruction", gold_answer="output")
 _MEDQUAD = FieldMap(id="qid", prompt="question", gold_answer="answer", meta=("source", "focus", "qtype", "url"))
-_SELFBIORAG_MEDQA = FieldMap(id="id", prompt="instances.input", labeled_prompt=True, options_in_prompt=True,
+# Self-BioRAG's `id` is a task id shared by every row, not a row id: rows are keyed by file line.
+_SELFBIORAG_MEDQA = FieldMap(prompt="instances.input", labeled_prompt=True, options_in_prompt=True,
                              gold_answer="instances.output", gold_format="option_text")
-_SELFBIORAG_MEDMCQA = FieldMap(id="id", prompt="instances.input", labeled_prompt=True, options_in_prompt=True,
+_SELFBIORAG_MEDMCQA = FieldMap(prompt="instances.input", labeled_prompt=True, options_in_prompt=True,
                                gold_answer="instances.output", gold_format="answer_tag",
                                meta=("gpt4_explanation",))
-_SELFBIORAG_PUBMEDQA = FieldMap(id="id", prompt="instances.input", labeled_prompt=True,
+_SELFBIORAG_PUBMEDQA = FieldMap(prompt="instances.input", labeled_prompt=True,
                                 gold_answer="instances.output", meta=("gpt4_explanation",))
-_SELFBIORAG_OPEN = FieldMap(id="id", prompt="instances.input", labeled_prompt=True,
+_SELFBIORAG_OPEN = FieldMap(prompt="instances.input", labeled_prompt=True,
                             gold_answer="instances.output", meta=("title",))
 _MCQ_DICT = FieldMap(id="realidx", prompt="question", options="options", options_in_prompt=True,
                      gold_answer="answer_idx", gold_format="letter", meta=("subject", "meta_info", "category", "src"))
@@ -250,7 +251,7 @@ SOURCES: tuple[SourceSpec, ...] = (
         hf_id=None, licence="not public: supply your own copy",
         fields=FieldMap(prompt="instruction", gold_answer="output"),
         sample=(_s("selfbiorag/med_qa_train.jsonl",
-                   FieldMap(id="id", prompt=("instruction", "instances.input"), gold_answer="instances.output"), 400, 460),),
+                   FieldMap(prompt=("instruction", "instances.input"), gold_answer="instances.output"), 400, 460),),
         sample_note="Self-BioRAG MedQA instruction rows", expected_rows=74_190,
         notes="Not on the hub: set IIMED_SOURCE_EVOL_INSTRUCT_MEDICAL to a local JSONL/Parquet with instruction/output.",
     ),

@@ -1,0 +1,135 @@
+"""Source assets through Dagster: materialize partitions on a real DuckDB file in tmp_path."""
+
+import subprocess
+import sys
+
+import dagster as dg
+import duckdb
+import pytest
+
+from iimed_assets.assets.sources import SOURCE_ASSETS, eval_items, instruct_prompt_rows, qa_seed_rows
+from iimed_assets.definitions import defs
+from iimed_assets.resources.catalog import SourceCatalog
+from iimed_assets.resources.warehouse import Warehouse
+
+from .conftest import write_malformed_jsonl
+
+
+def _materialize(asset, key, warehouse_path, catalog=None, raise_on_error=True):
+    return dg.materialize(
+        [asset], partition_key=key, raise_on_error=raise_on_error,
+        resources={"warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog or SourceCatalog(mode="sample")},
+    )
+
+
+def _checks(result):
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _metadata(result):
+    (event,) = result.get_asset_materialization_events()
+    return event.materialization.metadata
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} >= {
+        "public_reasoning_rows", "qa_seed_rows", "r1_trace_rows", "instruct_prompt_rows", "eval_items"}
+
+
+def test_definitions_import_is_light():
+    """Importing the code location must not pull in torch, datasets, vllm, faiss or sentence-transformers."""
+    code = ("import sys, iimed_assets.definitions; "
+            "heavy = [m for m in ('torch', 'datasets', 'vllm', 'faiss', 'sentence_transformers', 'llama_cpp') "
+            "if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_partition_materializes_with_checks_and_metadata(warehouse_path):
+    result = _materialize(qa_seed_rows, "medmcqa", warehouse_path)
+    assert result.success
+    checks = _checks(result)
+    assert set(checks) == {"rows_conserved", "row_count_in_bounds", "no_empty_prompts"}
+    assert all(c.passed for c in checks.values())
+    md = _metadata(result)
+    assert md["dagster/row_count"].value == 120
+    assert md["rows_read"].value == 120
+    assert "id" in [c.name for c in md["dagster/column_schema"].schema.columns]
+    assert "| id |" in md["preview"].value
+    assert md["share_with_options"].value == 1.0 and md["share_with_gold_answer"].value == 1.0
+    con = duckdb.connect(str(warehouse_path))
+    rows = con.execute("SELECT gold_answer, cardinality(options), messages[1].role FROM qa_seed_rows").fetchall()
+    assert len(rows) == 120 and all(g in "ABCD" and n == 4 and r == "user" for g, n, r in rows)
+
+
+def test_rerun_replaces_exactly_that_partition(warehouse_path):
+    _materialize(eval_items, "medbullets_op4", warehouse_path)
+    _materialize(eval_items, "afrimedqa", warehouse_path)
+    before = duckdb.connect(str(warehouse_path)).execute(
+        "SELECT source, count(*) FROM eval_items GROUP BY 1 ORDER BY 1").fetchall()
+    _materialize(eval_items, "afrimedqa", warehouse_path)
+    after = duckdb.connect(str(warehouse_path)).execute(
+        "SELECT source, count(*) FROM eval_items GROUP BY 1 ORDER BY 1").fetchall()
+    assert before == after == [("afrimedqa", 174), ("medbullets_op4", 308)]
+
+
+def test_malformed_source_completes_with_ledger(warehouse_path, tmp_path):
+    bad = tmp_path / "healthcaremagic.jsonl"
+    expected = write_malformed_jsonl(bad)
+    catalog = SourceCatalog(mode="sample", overrides={"healthcaremagic": str(bad)}, max_row_bytes=100_000)
+    result = _materialize(instruct_prompt_rows, "healthcaremagic", warehouse_path, catalog)
+    assert result.success
+    checks = _checks(result)
+    assert checks["rows_conserved"].passed
+    assert checks["rows_conserved"].metadata["rows_in"].value == 28
+    con = duckdb.connect(str(warehouse_path))
+    ledger = dict(con.execute(
+        "SELECT reason, count(*) FROM row_ledger WHERE asset = 'instruct_prompt_rows' AND partition = "
+        "'healthcaremagic' GROUP BY 1").fetchall())
+    assert ledger == expected
+    assert con.execute("SELECT count(*) FROM instruct_prompt_rows").fetchone()[0] == 28 - sum(expected.values())
+    md = _metadata(result)
+    assert md["rejected/invalid_utf8"].value == 1 and "duplicate_id" in md["rejected_by_reason"].value
+    detail = con.execute("SELECT detail FROM row_ledger WHERE reason = 'duplicate_id'").fetchone()[0]
+    assert "(kept)" in detail
+
+
+def test_too_small_partition_fails_blocking_check(warehouse_path):
+    catalog = SourceCatalog(mode="sample", row_bounds={"afrimedqa": [1000, 5000]})
+    result = _materialize(eval_items, "afrimedqa", warehouse_path, catalog, raise_on_error=False)
+    assert not result.success
+    check = _checks(result)["row_count_in_bounds"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["rows"].value == 174 and check.metadata["min_rows"].value == 1000
+
+
+def test_too_large_partition_only_warns(warehouse_path):
+    catalog = SourceCatalog(mode="sample", row_bounds={"afrimedqa": [1, 100]})
+    result = _materialize(eval_items, "afrimedqa", warehouse_path, catalog)
+    check = _checks(result)["row_count_in_bounds"]
+    assert result.success and not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_failed_swap_keeps_previous_rows(warehouse_path, tmp_path):
+    """A swap that fails half-way (the ledger file is missing) rolls back to the previous rows."""
+    _materialize(eval_items, "afrimedqa", warehouse_path)
+    wh = Warehouse(path=str(warehouse_path))
+    with pytest.raises(duckdb.Error):
+        wh.replace_source_partition(table="eval_items", asset="eval_items", partition="afrimedqa",
+                                    rows_path=tmp_path / "missing.parquet", ledger_path=tmp_path / "nope.parquet",
+                                    run_id="x")
+    assert wh.fetch_one("SELECT count(*) FROM eval_items WHERE source = 'afrimedqa'")[0] == 174
+
+
+def test_gpqa_without_offline_copy_materializes_empty(warehouse_path):
+    result = _materialize(eval_items, "gpqa_diamond", warehouse_path)
+    assert result.success and _metadata(result)["dagster/row_count"].value == 0
+
+
+def test_every_source_asset_has_a_partition_per_registry_source():
+    from iimed_assets.sources.registry import SOURCES
+
+    keys = {k for a in SOURCE_ASSETS for k in a.partitions_def.get_partition_keys()}
+    assert keys == {s.name for s in SOURCES}
