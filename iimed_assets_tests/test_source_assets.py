@@ -133,3 +133,18 @@ def test_every_source_asset_has_a_partition_per_registry_source():
 
     keys = {k for a in SOURCE_ASSETS for k in a.partitions_def.get_partition_keys()}
     assert keys == {s.name for s in SOURCES}
+
+
+def test_workspace_and_dg_load_the_code_location():
+    """`dagster dev -w workspace.yaml` and `dg check defs` both load this code location."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    bindir = Path(sys.executable).parent
+    env = {**__import__("os").environ, "VIRTUAL_ENV": str(bindir.parent)}
+    ws = subprocess.run([str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                        cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert ws.returncode == 0 and "All code locations passed validation" in ws.stderr + ws.stdout, ws.stderr[-2000:]
+    dgc = subprocess.run([str(bindir / "dg"), "check", "defs"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert dgc.returncode == 0 and "All definitions loaded successfully" in dgc.stdout + dgc.stderr, dgc.stderr[-2000:]

@@ -13,7 +13,8 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from iimed_assets.core.schema import Reason, content_key, make_row_id
 
@@ -300,12 +301,15 @@ def normalize_conversation(turns: Any) -> list[dict[str, str]]:
 
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]")
 
 
 def detect_language(text: str, default: str) -> str:
     """Cheap script check: mostly-CJK text is Chinese, whatever the source's default."""
     sample = text[:2000]
-    letters = sum(1 for ch in sample if ch.isalpha())
+    if not _CJK.search(sample):  # the common case, decided in C
+        return default
+    letters = len(_LETTER.findall(sample))
     if letters and len(_CJK.findall(sample)) / letters > 0.3:
         return "zh"
     return default

@@ -29,6 +29,7 @@ from iimed_assets.core.schema import (
 
 LEDGER_TABLE = "row_ledger"
 ENV_WAREHOUSE = "IIMED_WAREHOUSE"
+ENV_MEMORY = "IIMED_DUCKDB_MEMORY_LIMIT"
 
 
 def default_warehouse_path() -> Path:
@@ -56,7 +57,8 @@ class Warehouse(dg.ConfigurableResource):
     path: str | None = Field(
         default=None, description="DuckDB file; default $IIMED_WAREHOUSE or ./data/warehouse.duckdb")
     lock_timeout_s: float = Field(default=900.0, description="how long to wait for another writer")
-    memory_limit: str | None = Field(default=None, description="DuckDB memory_limit, e.g. '4GB'")
+    memory_limit: str | None = Field(
+        default=None, description="DuckDB memory_limit (it spills beyond it); default $IIMED_DUCKDB_MEMORY_LIMIT or 2GB")
     threads: int | None = Field(default=None, description="DuckDB threads")
 
     @property
@@ -68,9 +70,8 @@ class Warehouse(dg.ConfigurableResource):
         """A short-lived connection; waits (with backoff) while another process holds the file."""
         db = self.database
         db.parent.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {}
-        if self.memory_limit:
-            config["memory_limit"] = self.memory_limit
+        # A bounded buffer pool keeps memory flat as tables grow; DuckDB spills to <db>.tmp beyond it.
+        config: dict[str, Any] = {"memory_limit": self.memory_limit or os.environ.get(ENV_MEMORY, "2GB")}
         if self.threads:
             config["threads"] = self.threads
         deadline = time.monotonic() + self.lock_timeout_s
@@ -133,15 +134,20 @@ class Warehouse(dg.ConfigurableResource):
             try:
                 con.execute(f"DELETE FROM {table} WHERE source = ?", [partition])
                 con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?", [asset, partition])
-                ranked = (f"SELECT *, row_number() OVER (PARTITION BY id ORDER BY _ordinal) AS _rank, "
-                          f"min(_ordinal) OVER (PARTITION BY id) AS _first FROM {staged}")
-                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM ({ranked}) WHERE _rank = 1 "
-                            f"ORDER BY _ordinal", [str(rows_path)])
+                # Find duplicates on (id, ordinal) only, so the window never carries the row text;
+                # then stream the rows in, skipping them. Scans keep file order (insertion order).
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _dup_rows AS SELECT id, _ordinal, _first FROM ("
+                    "SELECT id, _ordinal, row_number() OVER (PARTITION BY id ORDER BY _ordinal) AS _rank, "
+                    f"min(_ordinal) OVER (PARTITION BY id) AS _first FROM {staged}) WHERE _rank > 1",
+                    [str(rows_path)])
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staged} "
+                            "WHERE _ordinal NOT IN (SELECT _ordinal FROM _dup_rows)", [str(rows_path)])
                 con.execute(
                     f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
-                    f"SELECT ?, ?, id, 'duplicate_id', 'same id as input row ' || _first || ' (kept); this is row ' "
-                    f"|| _ordinal, ? FROM ({ranked}) WHERE _rank > 1 ORDER BY _ordinal",
-                    [asset, partition, run_id, str(rows_path)])
+                    "SELECT ?, ?, id, 'duplicate_id', 'same id as input row ' || _first || ' (kept); this is row ' "
+                    "|| _ordinal, ? FROM _dup_rows ORDER BY _ordinal", [asset, partition, run_id])
+                con.execute("DROP TABLE _dup_rows")
                 con.execute(
                     f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
                     f"SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
