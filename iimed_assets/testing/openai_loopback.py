@@ -1,0 +1,147 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI chat completions with scripted answers.
+
+Used by the tests and by bench/llm_client.py. It counts requests and can inject latency, 429 with
+Retry-After, 5xx, hangs (for timeouts), malformed JSON, truncated (`length`) and empty answers.
+
+    with LoopbackOpenAI(latency_s=0.05) as server:
+        llm = OpenAICompatibleLLM(base_url=server.url, model="scripted")
+        server.script = lambda call: Reply.error(429, retry_after=0.2) if call.number == 1 else None
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+@dataclass
+class Call:
+    number: int  # 1-based, over the server's life
+    body: dict[str, Any]
+
+    @property
+    def last_user(self) -> str:
+        users = [m["content"] for m in self.body.get("messages", []) if m.get("role") == "user"]
+        return users[-1] if users else ""
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    contents: list[str] | None = None  # one per choice; None = the default echo answer
+    finish_reason: str = "stop"
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_body: bytes | None = None  # sent as is (malformed JSON)
+    delay_s: float = 0.0
+
+    @staticmethod
+    def error(status: int, retry_after: float | None = None) -> "Reply":
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return Reply(status=status, headers=headers,
+                     raw_body=json.dumps({"error": {"message": f"scripted {status}", "type": "scripted"}}).encode())
+
+    @staticmethod
+    def malformed() -> "Reply":
+        return Reply(raw_body=b'{"id": "x", "choices": [ {"index": 0, "message": ')
+
+    @staticmethod
+    def hang(seconds: float) -> "Reply":
+        return Reply(delay_s=seconds)
+
+
+def default_answer(call: Call, i: int) -> str:
+    return f"echo {i}: {call.last_user[:80]}"
+
+
+class LoopbackOpenAI:
+    """Start with `with LoopbackOpenAI() as s:`; `s.url` is the base URL including /v1."""
+
+    def __init__(self, latency_s: float = 0.0, supports_n: bool = True,
+                 script: Callable[[Call], Reply | None] | None = None):
+        self.latency_s = latency_s
+        self.supports_n = supports_n
+        self.script = script
+        self.calls: list[Call] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.answered_samples = 0  # choices actually returned with 200
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def requests(self) -> int:
+        return len(self.calls)
+
+    def __enter__(self) -> "LoopbackOpenAI":
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with outer._lock:
+                    call = Call(len(outer.calls) + 1, body)
+                    outer.calls.append(call)
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    reply = (outer.script(call) if outer.script else None) or Reply()
+                    time.sleep(outer.latency_s + reply.delay_s)
+                    self._send(call, reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
+
+            def _send(self, call: Call, reply: Reply) -> None:
+                if reply.raw_body is not None:
+                    payload = reply.raw_body
+                else:
+                    n = int(call.body.get("n", 1)) if outer.supports_n else 1
+                    contents = reply.contents or [default_answer(call, i) for i in range(n)]
+                    payload = json.dumps({
+                        "id": f"cmpl-{call.number}", "object": "chat.completion", "created": int(time.time()),
+                        "model": call.body.get("model", "scripted"),
+                        "choices": [{"index": i, "message": {"role": "assistant", "content": c},
+                                     "finish_reason": reply.finish_reason} for i, c in enumerate(contents)],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5 * len(contents),
+                                  "total_tokens": 10 + 5 * len(contents)},
+                    }).encode()
+                    if reply.status == 200:
+                        with outer._lock:
+                            outer.answered_samples += len(contents)
+                self.send_response(reply.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
