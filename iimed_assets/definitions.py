@@ -7,11 +7,18 @@ import dagster as dg
 
 from iimed_assets.assets.sources import SOURCE_ASSETS
 from iimed_assets.resources.catalog import SourceCatalog
+from iimed_assets.resources.llm_config import llm_from_env
 from iimed_assets.resources.warehouse import Warehouse
 
 
 def default_resources() -> dict[str, object]:
-    return {"warehouse": Warehouse(), "catalog": SourceCatalog()}
+    return {
+        "warehouse": Warehouse(),
+        "catalog": SourceCatalog(),
+        # Generation and judging are configured separately (the card used GPT-4o as the judge).
+        "llm": llm_from_env("IIMED_LLM"),
+        "judge": llm_from_env("IIMED_JUDGE"),
+    }
 
 
 defs = dg.Definitions(assets=[*SOURCE_ASSETS], resources=default_resources())

@@ -185,19 +185,13 @@ def test_progress_lines_show_rate_eta_and_cost():
 
 def test_api_key_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("MY_TEST_KEY", "sk-secret-value")
-    seen = []
     with LoopbackOpenAI() as s:
-        import http.server  # noqa: F401 - the loopback records bodies, headers are checked via script
-
-        def script(call):
-            seen.append(call)
-            return None
-
-        s.script = script
         llm = _client(s, api_key_env="MY_TEST_KEY")
         assert "sk-secret-value" not in repr(llm) and "sk-secret-value" not in str(llm.model_dump())
         llm.generate(_reqs(1))
-    assert seen
+        (call,) = s.calls
+    auth = {k.lower(): v for k, v in call.headers.items()}["authorization"]
+    assert auth == "Bearer sk-secret-value"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
@@ -228,3 +222,29 @@ def test_vllm_offline_engine_generates():  # pragma: no cover - runs on the GPU 
                          gpu_memory_utilization=0.5, max_model_len=2048)
     out, stats = llm.generate(_reqs(4, n=3, max_tokens=32, temperature=0.8, seed=1))
     assert all(len(o) == 3 and all(c.ok and c.completion_tokens > 0 for c in o) for o in out)
+
+
+@pytest.mark.parametrize(
+    "env, cls, model_id",
+    [
+        ({}, LlamaCppLLM, "llama.cpp:SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ({"X_BACKEND": "openai", "X_MODEL": "gpt-4o", "X_BASE_URL": "https://api.openai.com/v1"},
+         OpenAICompatibleLLM, "openai-compatible:gpt-4o"),
+        ({"X_BACKEND": "vllm", "X_MODEL": "Qwen/Qwen3-235B-A22B", "X_TENSOR_PARALLEL": "8"},
+         VLLMOfflineLLM, "vllm:Qwen/Qwen3-235B-A22B"),
+    ],
+)
+def test_backend_from_environment(env, cls, model_id):
+    from iimed_assets.resources.llm_config import llm_from_env
+
+    llm = llm_from_env("X", env)
+    assert isinstance(llm, cls) and llm.model_id == model_id
+
+
+def test_backend_from_environment_rejects_unknown():
+    from iimed_assets.resources.llm_config import llm_from_env
+
+    with pytest.raises(ValueError, match="not one of"):
+        llm_from_env("X", {"X_BACKEND": "gpt"})
+    with pytest.raises(ValueError, match="X_MODEL"):
+        llm_from_env("X", {"X_BACKEND": "openai"})

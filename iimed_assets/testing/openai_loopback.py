@@ -11,6 +11,7 @@ Retry-After, 5xx, hangs (for timeouts), malformed JSON, truncated (`length`) and
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Callable
 class Call:
     number: int  # 1-based, over the server's life
     body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def last_user(self) -> str:
@@ -96,7 +98,7 @@ class LoopbackOpenAI:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with outer._lock:
-                    call = Call(len(outer.calls) + 1, body)
+                    call = Call(len(outer.calls) + 1, body, dict(self.headers.items()))
                     outer.calls.append(call)
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
@@ -145,3 +147,30 @@ class LoopbackOpenAI:
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
+
+
+def main() -> None:
+    """Serve in its own process (benchmarks: keeps the server off the client's GIL)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--no-n", action="store_true", help="ignore n (answer one choice), like llama.cpp's server")
+    ap.add_argument("--seconds", type=float, default=600.0, help="stop after this long (bounded by design)")
+    args = ap.parse_args()
+    with LoopbackOpenAI(latency_s=args.latency, supports_n=not args.no_n) as server:
+        print(server.url, flush=True)
+        deadline = time.time() + args.seconds
+        try:
+            while time.time() < deadline:
+                line = sys.stdin.readline()
+                if not line or line.strip() == "quit":
+                    break
+                if line.strip() == "count":
+                    print(server.requests, server.max_in_flight, flush=True)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
