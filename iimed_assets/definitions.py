@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from iimed_assets.assets.instruct import instruct_judged, instruct_responses
 from iimed_assets.assets.sources import SOURCE_ASSETS
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.llm_config import llm_from_env
@@ -21,7 +22,9 @@ def default_resources() -> dict[str, object]:
     }
 
 
-defs = dg.Definitions(assets=[*SOURCE_ASSETS], resources=default_resources())
+STAGE_ASSETS = [instruct_responses, instruct_judged]
+
+defs = dg.Definitions(assets=[*SOURCE_ASSETS, *STAGE_ASSETS], resources=default_resources())
 
 # Graph order for `iimed-assets materialize` (sources first; later stages append here).
-MATERIALIZE_ORDER = [*SOURCE_ASSETS]
+MATERIALIZE_ORDER = [*SOURCE_ASSETS, *STAGE_ASSETS]

@@ -92,3 +92,36 @@ class Progress:
             eta = (self.total - done) / rate if rate > 0 else float("inf")
             msg += f", {done / self.total:.1%} done, ETA {eta:,.0f}s"
         self.log(msg)
+
+
+def histogram_markdown(counts: Mapping[Any, int], label: str = "value") -> str:
+    """A text bar chart: renders everywhere, including the run log."""
+    if not counts:
+        return "_(no values)_"
+    top = max(counts.values()) or 1
+    rows = [(k, n, "█" * max(1, round(30 * n / top)) if n else "") for k, n in counts.items()]
+    return markdown_table([label, "rows", ""], rows)
+
+
+def histogram_png_markdown(counts: Mapping[Any, int], title: str, xlabel: str) -> str:
+    """A bar chart as an inline PNG in markdown metadata (the UI renders data-URI images)."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    keys = [str(k) for k in counts]
+    ax.bar(keys, list(counts.values()), color="#4c72b0")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel("rows", fontsize=9)
+    ax.tick_params(labelsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

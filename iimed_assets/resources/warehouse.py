@@ -157,6 +157,57 @@ class Warehouse(dg.ConfigurableResource):
                 con.execute("ROLLBACK")
                 raise
 
+    def replace_stage_partition(
+        self,
+        *,
+        table: str,
+        asset: str,
+        partition: str,
+        select_sql: str,
+        params: Sequence[Any],
+        ledger_path: Path,
+        run_id: str | None,
+    ) -> None:
+        """Replace one partition of a stage table with the rows of `select_sql`, in one transaction.
+
+        The table is created from the select's own column types the first time. `select_sql` must yield
+        only rows of `partition` (its `source` column); the stage's ledger rows replace the old ones.
+        """
+        table = check_identifier(table)
+        with self.connect() as con:
+            self.ensure_ledger(con)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM ({select_sql}) LIMIT 0", list(params))
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE source = ?", [partition])
+                con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?", [asset, partition])
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM ({select_sql})", list(params))
+                con.execute(
+                    f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
+                    "SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
+                    [asset, partition, run_id, str(ledger_path)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def iter_partition(self, table: str, partition: str, columns: Sequence[str], batch_rows: int = 256):
+        """Yield one partition's rows in id order, `batch_rows` at a time, each batch in its own short
+        connection (keyset pagination), so slow per-batch work never holds the DuckDB lock."""
+        table = check_identifier(table)
+        cols = ", ".join(check_identifier(c) for c in columns)
+        last = ""
+        while True:
+            with self.connect() as con:
+                cur = con.execute(f"SELECT {cols} FROM {table} WHERE source = ? AND id > ? ORDER BY id LIMIT ?",
+                                  [partition, last, batch_rows])
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r)) for r in cur.fetchall()]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]["id"]
+
     # ---- reads -------------------------------------------------------------------------------
 
     def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
