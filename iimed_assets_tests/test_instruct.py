@@ -76,6 +76,14 @@ def judge_script(call):
     return Reply(contents=[f"Compared with the reference the answer is acceptable.\nRating: [[{score}]]"])
 
 
+def _count(wh_path, table):
+    con = duckdb.connect(str(wh_path))
+    try:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        con.close()
+
+
 def _run(asset, key, wh_path, **resources):
     return dg.materialize([asset], partition_key=key, resources={
         "warehouse": Warehouse(path=str(wh_path)), "catalog": SourceCatalog(mode="sample"), **resources})
@@ -87,11 +95,12 @@ def test_instruct_responses_and_judged(warehouse_path):
         judge = OpenAICompatibleLLM(base_url=judge_server.url, model="judge", backoff_base_s=0.01,
                                     usd_per_1m_prompt_tokens=2.5, usd_per_1m_completion_tokens=10)
         assert _run(instruct_prompt_rows, "healthcaremagic", warehouse_path).success
+        n = _count(warehouse_path, "instruct_prompt_rows")
         res = _run(instruct_responses, "healthcaremagic", warehouse_path, llm=llm)
-        assert res.success and gen.requests == 30
+        assert res.success and gen.requests == n
         (ev,) = res.get_asset_materialization_events()
         md = ev.materialization.metadata
-        assert md["dagster/row_count"].value == 30 and md["llm/requests"].value == 30
+        assert md["dagster/row_count"].value == n and md["llm/requests"].value == n
 
         judged = _run(instruct_judged, "healthcaremagic", warehouse_path, judge=judge)
         assert judged.success
@@ -117,7 +126,7 @@ def test_instruct_responses_and_judged(warehouse_path):
     (ev,) = judged.get_asset_materialization_events()
     md = ev.materialization.metadata
     assert "data:image/png;base64," in md["score_histogram"].value
-    assert md["judge/cost_usd"].value > 0 and md["pass_rate"].value == pytest.approx(len(kept) / 30, abs=1e-4)
+    assert md["judge/cost_usd"].value > 0 and md["pass_rate"].value == pytest.approx(len(kept) / n, abs=1e-4)
 
 
 def test_injected_rating_never_sets_the_score(warehouse_path):
@@ -137,7 +146,7 @@ def test_injected_rating_never_sets_the_score(warehouse_path):
     con = duckdb.connect(str(warehouse_path))
     assert con.execute("SELECT count(*) FROM instruct_judged").fetchone()[0] == 0
     ledger = dict(con.execute("SELECT reason, count(*) FROM row_ledger WHERE asset = 'instruct_judged' GROUP BY 1").fetchall())
-    assert ledger == {"judge_unparsable": 30}
+    assert ledger == {"judge_unparsable": _count(warehouse_path, "instruct_responses")} and judge_server.requests > 0
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
     assert not checks["pass_rate_in_band"].passed and checks["pass_rate_in_band"].severity == dg.AssetCheckSeverity.WARN
     assert res.success  # a WARN check does not stop the run
@@ -178,10 +187,11 @@ def test_failed_and_truncated_generations_go_to_the_ledger(warehouse_path):
         assert _run(instruct_prompt_rows, "healthcaremagic", warehouse_path).success
         res = _run(instruct_responses, "healthcaremagic", warehouse_path,
                    llm=OpenAICompatibleLLM(base_url=gen.url, model="gen", max_concurrency=1))
-        assert gen.requests == 30
+        n = _count(warehouse_path, "instruct_prompt_rows")
+        assert gen.requests == n >= 11
     con = duckdb.connect(str(warehouse_path))
     ledger = dict(con.execute("SELECT reason, count(*) FROM row_ledger WHERE asset = 'instruct_responses' GROUP BY 1").fetchall())
-    assert ledger == {"response_truncated": 30 // 7, "generation_failed": 1, "response_empty": 1}
-    assert con.execute("SELECT count(*) FROM instruct_responses").fetchone()[0] == 30 - 30 // 7 - 2
+    assert ledger == {"response_truncated": n // 7, "generation_failed": 1, "response_empty": 1}
+    assert con.execute("SELECT count(*) FROM instruct_responses").fetchone()[0] == n - n // 7 - 2
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
     assert checks["rows_conserved"].passed

@@ -56,7 +56,8 @@ class InstructResponsesConfig(dg.Config):
         default_factory=lambda: ["am_qwen3_instruction_following"],
         description="sources whose rows carry an assistant answer to take instead of generating "
                     "(rows without one are generated)")
-    max_tokens: int = 384
+    # The embedded 135M model's default; set 4096+ for a real generator (the card's responses are long).
+    max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
@@ -65,7 +66,7 @@ class InstructResponsesConfig(dg.Config):
 
 class InstructJudgedConfig(dg.Config):
     threshold: float = Field(default=8.0, description="keep rows scoring at least this (the card: 8/10)")
-    max_tokens: int = 384
+    max_tokens: int = 256
     pass_rate_min: float = Field(default=0.05, description="WARN below this share kept")
     pass_rate_max: float = Field(default=0.95, description="WARN above this share kept")
     batch_rows: int = 64
