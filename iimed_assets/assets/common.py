@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 import time
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 import dagster as dg
 
-from iimed_assets.core.schema import SAMPLE_COLUMN_DESCRIPTIONS, SAMPLE_COLUMNS_DDL, check_identifier
+import pyarrow as pa
+
+from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_COLUMN_DESCRIPTIONS, SAMPLE_COLUMNS_DDL, check_identifier
 from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
+from iimed_assets.sources.ingest import BatchWriter
+
+
+@dataclass
+class StagedPartition:
+    """A stage's output for one partition, on disk until the swap: new rows and ledger rows."""
+
+    rows: BatchWriter
+    ledger: BatchWriter
+
+    def close(self) -> None:
+        self.rows.close()
+        self.ledger.close()
+
+
+@contextlib.contextmanager
+def staged_partition(warehouse: Warehouse, asset: str, partition: str, row_schema: pa.Schema) -> Iterator[StagedPartition]:
+    """Temporary Parquet files beside the warehouse; removed after the block (swap inside it)."""
+    with tempfile.TemporaryDirectory(prefix=f"{asset}-{partition}-", dir=warehouse.staging_dir) as tmp:
+        stage = StagedPartition(BatchWriter(Path(tmp) / "rows.parquet", row_schema, 1000),
+                                BatchWriter(Path(tmp) / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000))
+        try:
+            yield stage
+        finally:
+            stage.close()
 
 
 def sample_column_schema(extra: Mapping[str, tuple[str, str]] | None = None) -> dg.TableSchema:

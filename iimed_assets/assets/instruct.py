@@ -5,9 +5,7 @@ Both assets work in batches: read a batch (short connection), call the LLM (no c
 the new columns as Parquet; at the end one transaction swaps the partition in.
 """
 
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -16,17 +14,17 @@ from pydantic import Field
 from iimed_assets import checks
 from iimed_assets.assets.common import (
     histogram_markdown,
+    staged_partition,
     histogram_png_markdown,
     markdown_table,
     sample_column_schema,
 )
 from iimed_assets.core.judge import judge_messages, parse_score
 from iimed_assets.core.llm import ChatRequest, UsageStats
-from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, MESSAGE_TYPE
+from iimed_assets.core.schema import MESSAGE_TYPE
 from iimed_assets.partitions import instruct_partitions
 from iimed_assets.resources.llm import LLMResource, usage_metadata
 from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
-from iimed_assets.sources.ingest import _BatchWriter
 
 RESPONSE_SCHEMA = pa.schema([
     ("id", pa.string()), ("messages", pa.list_(MESSAGE_TYPE)), ("response_origin", pa.string()),
@@ -100,9 +98,8 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
     stats_total = UsageStats()
     origins: Counter = Counter()
     rows_in = 0
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{source}-", dir=_staging(warehouse)) as tmp:
-        rows_out = _BatchWriter(Path(tmp) / "rows.parquet", RESPONSE_SCHEMA, 1000)
-        ledger = _BatchWriter(Path(tmp) / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000)
+    with staged_partition(warehouse, asset, source, RESPONSE_SCHEMA) as stage:
+        rows_out, ledger = stage.rows, stage.ledger
         for batch in warehouse.iter_partition("instruct_prompt_rows", source, ["id", "messages"], config.batch_rows):
             rows_in += len(batch)
             to_generate = []
@@ -135,8 +132,7 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
                                   "response_origin": "generated", "finish_reason": c.finish_reason,
                                   "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                                   "generator": llm.model_id})
-        rows_out.close()
-        ledger.close()
+        stage.close()
         warehouse.replace_stage_partition(
             table=asset, asset=asset, partition=source, ledger_path=ledger.path, run_id=context.run.run_id,
             select_sql="SELECT u.id, u.source, u.section, u.prompt, n.messages, u.gold_answer, u.options, u.language, "
@@ -184,9 +180,8 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
     rows_in = 0
     examples_kept: list[tuple] = []
     examples_rejected: list[tuple] = []
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{source}-", dir=_staging(warehouse)) as tmp:
-        rows_out = _BatchWriter(Path(tmp) / "rows.parquet", JUDGE_SCHEMA, 1000)
-        ledger = _BatchWriter(Path(tmp) / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000)
+    with staged_partition(warehouse, asset, source, JUDGE_SCHEMA) as stage:
+        rows_out, ledger = stage.rows, stage.ledger
         for batch in warehouse.iter_partition("instruct_responses", source, ["id", "prompt", "gold_answer", "messages"],
                                               config.batch_rows):
             rows_in += len(batch)
@@ -222,8 +217,7 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
                                 "detail": f"score={score:g} < {config.threshold:g}"})
                     if len(examples_rejected) < 3:
                         examples_rejected.append((score, row["prompt"], answer))
-        rows_out.close()
-        ledger.close()
+        stage.close()
         warehouse.replace_stage_partition(
             table=asset, asset=asset, partition=source, ledger_path=ledger.path, run_id=context.run.run_id,
             select_sql="SELECT r.*, n.judge_score, n.judge_model, n.judge_output FROM instruct_responses r "
@@ -279,12 +273,6 @@ def _merge_stats(total: UsageStats, part: UsageStats) -> None:
     total.wall_s += part.wall_s
     for k, v in part.finish_reasons.items():
         total.finish_reasons[k] = total.finish_reasons.get(k, 0) + v
-
-
-def _staging(warehouse: Warehouse) -> Path:
-    path = warehouse.database.parent / "staging"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _partition_summary(warehouse: Warehouse, asset: str, source: str):

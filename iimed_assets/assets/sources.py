@@ -28,9 +28,7 @@ def materialize_source_partition(
     spec = get_source(name)
     origin = catalog.origin(name)
     context.log.info(f"{asset}[{name}]: reading {spec.title} from {origin}")
-    staging_root = warehouse.database.parent / "staging"
-    staging_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=staging_root) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=warehouse.staging_dir) as tmp:
         result = ingest(
             catalog.read(name), source=name, section=spec.section, staging_dir=Path(tmp),
             batch_rows=catalog.batch_rows, max_rows=catalog.resolved_max_rows(),

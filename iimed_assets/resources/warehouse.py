@@ -65,6 +65,13 @@ class Warehouse(dg.ConfigurableResource):
     def database(self) -> Path:
         return Path(self.path).expanduser() if self.path else default_warehouse_path()
 
+    @property
+    def staging_dir(self) -> Path:
+        """Where stages write their Parquet files before a swap: beside the DuckDB file, same disk."""
+        path = self.database.parent / "staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection; waits (with backoff) while another process holds the file."""

@@ -41,7 +41,9 @@ class IngestResult:
         return self.rows_read / self.seconds if self.seconds > 0 else 0.0
 
 
-class _BatchWriter:
+class BatchWriter:
+    """Buffers dict rows and writes them to one Parquet file `batch_rows` at a time."""
+
     def __init__(self, path: Path, schema: pa.Schema, batch_rows: int):
         self.path, self.schema, self.batch_rows = path, schema, batch_rows
         self.buffer: list[dict] = []
@@ -58,8 +60,10 @@ class _BatchWriter:
             self.buffer = []
 
     def close(self) -> None:
-        self.flush()
-        self.writer.close()
+        if self.writer is not None:
+            self.flush()
+            self.writer.close()
+            self.writer = None
 
 
 def ingest(
@@ -80,8 +84,8 @@ def ingest(
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     result = IngestResult(rows_path=staging_dir / "rows.parquet", ledger_path=staging_dir / "ledger.parquet")
-    rows = _BatchWriter(result.rows_path, STAGED_ROW_SCHEMA, batch_rows)
-    ledger = _BatchWriter(result.ledger_path, LEDGER_STAGE_SCHEMA, batch_rows)
+    rows = BatchWriter(result.rows_path, STAGED_ROW_SCHEMA, batch_rows)
+    ledger = BatchWriter(result.ledger_path, LEDGER_STAGE_SCHEMA, batch_rows)
     probes: dict[int, _MappingProbe] = {}
     started = time.perf_counter()
     try:
