@@ -65,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
                     md = event.materialization.metadata
                     if "dagster/row_count" in md:
                         rows = md["dagster/row_count"].value
-                failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-                status = "ok" if result.success and not failed_checks else "FAILED"
-                if status != "ok":
+
+                evaluations = [e for e in result.get_asset_check_evaluations() if not e.passed]
+                failed_checks = [e.check_name for e in evaluations if e.severity == dg.AssetCheckSeverity.ERROR]
+                warned = [e.check_name for e in evaluations if e.severity == dg.AssetCheckSeverity.WARN]
+                status = "FAILED" if not result.success or failed_checks else ("warn" if warned else "ok")
+                if status == "FAILED":
                     failures.append((name, key, failed_checks))
-                print(f"{status:6} {name:24} {key or '':32} rows={rows!s:>7} "
-                      f"{time.perf_counter() - started:6.1f}s {' failed checks: ' + ','.join(failed_checks) if failed_checks else ''}",
+                notes = (" failed checks: " + ",".join(failed_checks) if failed_checks else "") + \
+                        (" warnings: " + ",".join(warned) if warned else "")
+                print(f"{status:6} {name:24} {key or '':32} rows={rows!s:>7} {time.perf_counter() - started:6.1f}s{notes}",
                       flush=True)
     print(f"\n{len(failures)} failed partition runs" if failures else "\nall partitions materialized")
     return 1 if failures else 0
