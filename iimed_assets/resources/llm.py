@@ -249,21 +249,20 @@ class OpenAICompatibleLLM(LLMResource):
             left = list(group)
             while left:
                 n = len(left)
-                completions = await self._call(client, sem, item.request, n, sample_seed(item.request.seed, left[0]),
-                                               stats)
+                completions, error = await self._call(client, sem, item.request, n,
+                                                      sample_seed(item.request.seed, left[0]), stats)
                 if completions is None:  # gave up: record the failure for every sample of this call
                     for si in left:
-                        on_done(item.index, si, Completion("", "error", error=self._last_error))
+                        on_done(item.index, si, Completion("", "error", error=error))
                     break
                 for si, c in zip(left, completions):
                     on_done(item.index, si, c)
                 # A server that ignores n returns fewer choices: ask again for the rest.
                 left = left[len(completions):]
 
-    _last_error: str = PrivateAttr(default="")
-
     async def _call(self, client: Any, sem: asyncio.Semaphore, req: ChatRequest, n: int, seed: int | None,
-                    stats: UsageStats) -> list[Completion] | None:
+                    stats: UsageStats) -> tuple[list[Completion] | None, str]:
+        """One chat.completions call with retries: (completions, "") or (None, why it failed)."""
         import openai
 
         params: dict[str, Any] = {"model": self.model, "messages": req.message_dicts(), "n": n,
@@ -281,25 +280,25 @@ class OpenAICompatibleLLM(LLMResource):
                     # construction (~8 ms of CPU per call here), keeping the SDK's HTTP stack, auth
                     # and error types; the body is checked by _parse_choices instead.
                     resp = await client.post("/chat/completions", body=params, cast_to=dict)
-                return _parse_choices(resp, n)
+                return _parse_choices(resp, n), ""
             except openai.RateLimitError as exc:
                 retry_after = _retry_after(exc)
-                self._last_error = f"429: {str(exc)[:200]}"
+                error = f"429: {str(exc)[:200]}"
             except openai.APIStatusError as exc:
-                self._last_error = f"{exc.status_code}: {str(exc)[:200]}"
+                error = f"{exc.status_code}: {str(exc)[:200]}"
                 if exc.status_code < 500 and exc.status_code != 408:
-                    return None  # a client error will not get better by retrying
+                    return None, error  # a client error will not get better by retrying
                 retry_after = _retry_after(exc)
             except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
             except (openai.APIResponseValidationError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                self._last_error = f"malformed response: {type(exc).__name__}: {str(exc)[:200]}"
+                error = f"malformed response: {type(exc).__name__}: {str(exc)[:200]}"
             if attempt == self.max_retries:
-                return None
+                return None, error
             stats.retries += 1
             delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * (0.5 + random.random())
             await asyncio.sleep(max(delay, retry_after) if retry_after is not None else delay)
-        return None
+        return None, "no attempt made"
 
 
 def _retry_after(exc: Any) -> float | None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iimed_assets.core.normalize import FieldMap, RowRejected, missing_fields, normalize_record
-from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA, Reason
+from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA
 from iimed_assets.sources.loaders import RawItem
 
 STAGED_ROW_SCHEMA = SAMPLE_SCHEMA.append(pa.field("_ordinal", pa.int64()))
@@ -168,5 +168,3 @@ def _required_roots(fm: FieldMap) -> set[str]:
         paths.extend(fm.prompt)
     return {p.split(".")[0] for p in paths}
 
-
-__all__ = ["FieldMappingError", "IngestResult", "Reason", "ingest"]
