@@ -54,8 +54,9 @@ class InstructResponsesConfig(dg.Config):
         default_factory=lambda: ["am_qwen3_instruction_following"],
         description="sources whose rows carry an assistant answer to take instead of generating "
                     "(rows without one are generated)")
-    # The embedded 135M model's default; set 4096+ for a real generator (the card's responses are long).
-    max_tokens: int = 256
+    # Sized for the embedded 135M model on a laptop (~25 tokens/s on 2 cores); raise it (4096+) for a real
+    # generator: the card's responses are long.
+    max_tokens: int = 192
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
@@ -64,7 +65,7 @@ class InstructResponsesConfig(dg.Config):
 
 class InstructJudgedConfig(dg.Config):
     threshold: float = Field(default=8.0, description="keep rows scoring at least this (the card: 8/10)")
-    max_tokens: int = 256
+    max_tokens: int = 160
     pass_rate_min: float = Field(default=0.05, description="WARN below this share kept")
     pass_rate_max: float = Field(default=0.95, description="WARN above this share kept")
     batch_rows: int = 64
