@@ -24,7 +24,7 @@ from iimed_assets.core.llm import ChatRequest, UsageStats
 from iimed_assets.core.schema import MESSAGE_TYPE
 from iimed_assets.partitions import instruct_partitions
 from iimed_assets.resources.llm import LLMResource, usage_metadata
-from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
+from iimed_assets.resources.warehouse import Warehouse
 
 RESPONSE_SCHEMA = pa.schema([
     ("id", pa.string()), ("messages", pa.list_(MESSAGE_TYPE)), ("response_origin", pa.string()),
@@ -117,7 +117,7 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
                                        top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed)
                         for r in to_generate]
             results, stats = llm.generate(requests, cache=warehouse, log=context.log.info)
-            _merge_stats(stats_total, stats)
+            stats_total.merge(stats)
             for row, req, (c,) in zip(to_generate, requests, results):
                 if not c.ok:
                     ledger.add({"row_id": row["id"], "reason": "generation_failed", "detail": c.error or ""})
@@ -188,14 +188,14 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
             rows_in += len(batch)
             answers = [r["messages"][-1]["content"] for r in batch]
             outputs, stats = _judge(judge, warehouse, context, batch, answers, config.max_tokens, seed=0)
-            _merge_stats(stats_total, stats)
+            stats_total.merge(stats)
             # An unparsable judgement is asked once more (another seed, so another cache key).
             retry_idx = [i for i, c in enumerate(outputs) if c.ok and parse_score(c.text) is None]
             if retry_idx:
                 context.log.info(f"{len(retry_idx)} unparsable judgements: asking once more")
                 again, stats = _judge(judge, warehouse, context, [batch[i] for i in retry_idx],
                                       [answers[i] for i in retry_idx], config.max_tokens, seed=1)
-                _merge_stats(stats_total, stats)
+                stats_total.merge(stats)
                 for i, c in zip(retry_idx, again):
                     outputs[i] = c
             for row, answer, c in zip(batch, answers, outputs):
@@ -268,19 +268,10 @@ def _judge(judge: LLMResource, warehouse: Warehouse, context, rows, answers, max
     return [r[0] for r in results], stats
 
 
-def _merge_stats(total: UsageStats, part: UsageStats) -> None:
-    for name in ("requests", "samples", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens"):
-        setattr(total, name, getattr(total, name) + getattr(part, name))
-    total.wall_s += part.wall_s
-    for k, v in part.finish_reasons.items():
-        total.finish_reasons[k] = total.finish_reasons.get(k, 0) + v
-
-
 def _partition_summary(warehouse: Warehouse, asset: str, source: str):
+    ledger = warehouse.ledger_counts(asset, source)
     with warehouse.connect() as con:
         written = con.execute(f"SELECT count(*) FROM {asset} WHERE source = ?", [source]).fetchone()[0]
-        ledger = dict(con.execute(f"SELECT reason, count(*) FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
-                                  "GROUP BY 1 ORDER BY 2 DESC", [asset, source]).fetchall())
         preview = con.execute(f"SELECT id, prompt, messages[len(messages)].content, "
                               f"{'response_origin' if asset == 'instruct_responses' else 'judge_score'} "
                               f"FROM {asset} WHERE source = ? ORDER BY id LIMIT 5", [source]).fetchall()

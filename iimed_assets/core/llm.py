@@ -95,6 +95,14 @@ class UsageStats:
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
 
+    def merge(self, other: "UsageStats") -> None:
+        """Add another call's totals (a stage that calls the LLM several times reports one sum)."""
+        for name in ("requests", "samples", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.wall_s += other.wall_s
+        for reason, n in other.finish_reasons.items():
+            self.finish_reasons[reason] = self.finish_reasons.get(reason, 0) + n
+
     def cost(self, usd_per_1m_prompt: float, usd_per_1m_completion: float) -> float:
         return (self.prompt_tokens * usd_per_1m_prompt + self.completion_tokens * usd_per_1m_completion) / 1e6
 

@@ -394,16 +394,9 @@ class LlamaCppLLM(LLMResource):
                         messages=req.message_dicts(), temperature=req.temperature, top_p=req.top_p,
                         max_tokens=req.max_tokens, stop=list(req.stop) or None,
                         seed=seed if seed is not None else random.randrange(2**31))
-                    on_done(item.index, si, _parse_dict_choice(resp))
+                    on_done(item.index, si, _parse_choices(resp, 1)[0])  # same body shape as the HTTP API
                 except (RuntimeError, ValueError) as exc:  # e.g. prompt longer than the context
                     on_done(item.index, si, Completion("", "error", error=f"{type(exc).__name__}: {exc}"[:300]))
-
-
-def _parse_dict_choice(resp: dict) -> Completion:
-    c = _choice_completion(resp["choices"][0])
-    usage = resp.get("usage") or {}
-    c.prompt_tokens, c.completion_tokens = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-    return c
 
 
 # ---- vLLM offline engine ------------------------------------------------------------------------------

@@ -227,12 +227,6 @@ class Warehouse(dg.ConfigurableResource):
         rows = self.fetch(sql, params)
         return rows[0] if rows else None
 
-    def table_exists(self, table: str) -> bool:
-        if not self.database.exists():
-            return False
-        row = self.fetch_one("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])
-        return bool(row and row[0])
-
     def ledger_counts(self, asset: str, partition: str | None = None) -> dict[str, int]:
         sql = f"SELECT reason, count(*) FROM {LEDGER_TABLE} WHERE asset = ?"
         params: list[Any] = [asset]
