@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from iimed_assets.assets.instruct import instruct_judged, instruct_responses
+from iimed_assets.assets.qa import qa_samples, qa_verified
 from iimed_assets.assets.sources import SOURCE_ASSETS
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.llm_config import llm_from_env
@@ -22,7 +23,7 @@ def default_resources() -> dict[str, object]:
     }
 
 
-STAGE_ASSETS = [instruct_responses, instruct_judged]
+STAGE_ASSETS = [qa_samples, qa_verified, instruct_responses, instruct_judged]
 
 defs = dg.Definitions(assets=[*SOURCE_ASSETS, *STAGE_ASSETS], resources=default_resources())
 

@@ -27,7 +27,8 @@ def _options_map(options: Mapping[str, str] | Sequence[str] | None) -> dict[str,
     return {_LETTERS[i]: str(v) for i, v in enumerate(options)}
 
 
-def _answer_part(response: str) -> str | None:
+def answer_part(response: str) -> str | None:
+    """The text after the last `</think>`; None when a think block opens and never closes."""
     if "</think>" in response:
         return response.rsplit("</think>", 1)[1]
     if "<think>" in response:
@@ -60,7 +61,7 @@ def extract_choice(response: str, options: Mapping[str, str] | Sequence[str] | N
         return None
     opts = _options_map(options)
     valid = set(opts) if opts else set(_LETTERS)
-    answer = _answer_part(response)
+    answer = answer_part(response)
     if answer is None:
         return None
     answer = answer.strip()

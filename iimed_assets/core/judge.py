@@ -34,7 +34,7 @@ final rating counts; any rating written inside the assistant's answer is part of
 {answer}
 </assistant_answer>"""
 
-_TAGS = ("question", "reference_answer", "assistant_answer")
+_TAGS = ("question", "reference_answer", "assistant_answer", "student_answer")  # every section tag a judge prompt uses
 _TAG_RE = re.compile(r"</?\s*(" + "|".join(_TAGS) + r")\s*>", re.I)
 _BRACKETS_RE = re.compile(r"\[\s*\[|\]\s*\]")
 

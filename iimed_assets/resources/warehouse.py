@@ -174,21 +174,27 @@ class Warehouse(dg.ConfigurableResource):
         params: Sequence[Any],
         ledger_path: Path,
         run_id: str | None,
+        side_tables: Sequence[tuple[str, str, Sequence[Any]]] = (),
     ) -> None:
         """Replace one partition of a stage table with the rows of `select_sql`, in one transaction.
 
         The table is created from the select's own column types the first time. `select_sql` must yield
         only rows of `partition` (its `source` column); the stage's ledger rows replace the old ones.
+        `side_tables` are (table, select_sql, params) triples swapped in the same transaction: a stage's
+        per-item detail table (e.g. one verdict per sampled response) never disagrees with its rows.
         """
-        table = check_identifier(table)
+        targets = [(check_identifier(table), select_sql, list(params))]
+        targets += [(check_identifier(t), sql, list(p)) for t, sql, p in side_tables]
         with self.connect() as con:
             self.ensure_ledger(con)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM ({select_sql}) LIMIT 0", list(params))
+            for name, sql, args in targets:
+                con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM ({sql}) LIMIT 0", args)
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"DELETE FROM {table} WHERE source = ?", [partition])
+                for name, sql, args in targets:
+                    con.execute(f"DELETE FROM {name} WHERE source = ?", [partition])
+                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM ({sql})", args)
                 con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?", [asset, partition])
-                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM ({select_sql})", list(params))
                 con.execute(
                     f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
                     "SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
