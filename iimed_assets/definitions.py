@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from iimed_assets.assets.cleaning import CLEANING
 from iimed_assets.assets.instruct import instruct_judged, instruct_responses
 from iimed_assets.assets.qa import qa_samples, qa_verified
 from iimed_assets.assets.sources import SOURCE_ASSETS
@@ -23,7 +24,7 @@ def default_resources() -> dict[str, object]:
     }
 
 
-STAGE_ASSETS = [qa_samples, qa_verified, instruct_responses, instruct_judged]
+STAGE_ASSETS = [qa_samples, qa_verified, instruct_responses, instruct_judged, *CLEANING]
 
 defs = dg.Definitions(assets=[*SOURCE_ASSETS, *STAGE_ASSETS], resources=default_resources())
 

@@ -204,6 +204,76 @@ class Warehouse(dg.ConfigurableResource):
                 con.execute("ROLLBACK")
                 raise
 
+    def replace_table(self, *, table: str, asset: str, select_sql: str, params: Sequence[Any],
+                      ledger_path: Path | None, run_id: str | None, partition: str = "all",
+                      ledger_sql: str | None = None, ledger_params: Sequence[Any] = ()) -> None:
+        """Replace a whole (unpartitioned) stage table and its ledger rows in one transaction. Ledger rows come
+        from a staged Parquet file and/or `ledger_sql` (a select of row_id, reason, detail), in the same
+        transaction, so they are read from the same snapshot as the table."""
+        table = check_identifier(table)
+        with self.connect() as con:
+            self.ensure_ledger(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"CREATE OR REPLACE TABLE {table} AS {select_sql}", list(params))
+                con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ?", [asset])
+                if ledger_path is not None:
+                    con.execute(
+                        f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
+                        "SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
+                        [asset, partition, run_id, str(ledger_path)])
+                if ledger_sql is not None:
+                    con.execute(
+                        f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
+                        f"SELECT ?, ?, row_id, reason, detail, ? FROM ({ledger_sql})",
+                        [asset, partition, run_id, *ledger_params])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def record_stage(self, asset: str, run_id: str | None, params: dict, stats: dict) -> None:
+        """Remember the parameters and headline numbers of a stage's last materialization in the warehouse
+        itself (the dataset card is written from here, whatever Dagster instance ran the stage)."""
+        import json
+
+        with self.connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS stage_runs (asset VARCHAR PRIMARY KEY, run_id VARCHAR, "
+                        "params JSON, stats JSON, recorded_at TIMESTAMP DEFAULT current_timestamp)")
+            con.execute("INSERT OR REPLACE INTO stage_runs (asset, run_id, params, stats, recorded_at) "
+                        "VALUES (?, ?, ?, ?, current_timestamp)",
+                        [asset, run_id, json.dumps(params, default=str), json.dumps(stats, default=str)])
+
+    def stage_record(self, asset: str) -> tuple[dict, dict]:
+        import json
+
+        if not self.table_exists("stage_runs"):
+            return {}, {}
+        row = self.fetch_one("SELECT params, stats FROM stage_runs WHERE asset = ?", [asset])
+        return (json.loads(row[0]), json.loads(row[1])) if row else ({}, {})
+
+    def table_exists(self, table: str) -> bool:
+        row = self.fetch_one("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])
+        return bool(row and row[0])
+
+    def iter_ordered(self, sql_from: str, columns: Sequence[str], order_col: str, params: Sequence[Any] = (),
+                     batch_rows: int = 2000):
+        """Keyset-paginated read of `SELECT columns FROM sql_from` by an integer `order_col`, batch by batch, each
+        in its own short connection."""
+        cols = ", ".join(check_identifier(c) for c in columns)
+        order_col = check_identifier(order_col)
+        last = -1
+        while True:
+            with self.connect() as con:
+                cur = con.execute(f"SELECT {cols} FROM {sql_from} WHERE {order_col} > ? ORDER BY {order_col} LIMIT ?",
+                                  [*params, last, batch_rows])
+                names = [d[0] for d in cur.description]
+                rows = [dict(zip(names, r)) for r in cur.fetchall()]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][order_col]
+
     def iter_partition(self, table: str, partition: str, columns: Sequence[str], batch_rows: int = 256):
         """Yield one partition's rows in id order, `batch_rows` at a time, each batch in its own short
         connection (keyset pagination), so slow per-batch work never holds the DuckDB lock."""

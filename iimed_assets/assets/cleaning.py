@@ -1,0 +1,640 @@
+"""Cleaning and output: the four sections merged, response dedup, two-step decontamination, the final split,
+the export and the dataset card.
+
+    sft_candidates ─► sft_deduped ─► sft_decontaminated ─► sft_final ─► sft_export
+
+All of them are unpartitioned (dedup and decontamination look across every source). Each stage streams its input
+in `cand_order` batches, does the slow work outside DuckDB, and swaps its table and ledger rows in one
+transaction. `cand_order` is the stable order "earliest row" refers to: section (card order), source, id.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from iimed_assets import checks
+from iimed_assets.assets.common import Progress, histogram_markdown, histogram_png_markdown, markdown_table, staged_partition
+from iimed_assets.core import decontam, dedup
+from iimed_assets.core.schema import SAMPLE_COLUMN_NAMES
+from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
+
+# The section tables that feed the cleaning stages, in the card's order, with the stage scores each carries.
+SECTION_INPUTS = [
+    ("public_reasoning_rows", "public_reasoning", "NULL"),
+    ("qa_verified", "qa", "json_object('verify_method', verify_method, 'samples_total', samples_total, "
+                          "'samples_correct', samples_correct, 'kept_sample_index', kept_sample_index, "
+                          "'generator', generator)"),
+    ("r1_medical_traces", "r1_traces", "json_object('cluster_id', cluster_id, 'domain', domain)"),
+    ("instruct_judged", "instruct", "json_object('judge_score', judge_score, 'judge_model', judge_model, "
+                                    "'generator', generator, 'response_origin', response_origin)"),
+]
+CLEANING_ASSETS = ("sft_candidates", "sft_deduped", "sft_decontaminated")
+ROW_COLUMNS = [*SAMPLE_COLUMN_NAMES, "origin", "provenance", "cand_order"]
+EXTRA_COLUMNS = [
+    dg.TableColumn("origin", "VARCHAR", description="the stage table the row came from"),
+    dg.TableColumn("provenance", "JSON", description="scores from earlier stages (judge score, verify method, ...)"),
+    dg.TableColumn("cand_order", "BIGINT", description="stable order: section (card order), source, id"),
+]
+
+NO_CONTAMINATION = "no_contamination"
+NO_DUPLICATE_RESPONSES = "no_exact_duplicate_responses"
+NO_EMPTY_MESSAGES = "no_empty_messages"
+TOTAL_IN_BOUNDS = "total_in_bounds"
+CONSERVED_THROUGH_CLEANING = "rows_conserved_through_cleaning"
+
+
+def _schema() -> dg.TableSchema:
+    from iimed_assets.assets.common import sample_column_schema
+
+    base = sample_column_schema()
+    return dg.TableSchema(columns=[*base.columns, *EXTRA_COLUMNS])
+
+
+def _count(warehouse: Warehouse, table: str) -> int:
+    return int(warehouse.fetch_one(f"SELECT count(*) FROM {table}")[0]) if warehouse.table_exists(table) else 0
+
+
+def _breakdown(warehouse: Warehouse, table: str) -> str:
+    rows = warehouse.fetch(f"SELECT section, source, count(*) FROM {table} GROUP BY ALL ORDER BY 1, 2")
+    return markdown_table(["section", "source", "rows"], rows)
+
+
+def _preview(warehouse: Warehouse, table: str) -> str:
+    rows = warehouse.fetch(f"SELECT id, source, prompt, messages[len(messages)].content FROM {table} "
+                           "ORDER BY cand_order LIMIT 5")
+    return markdown_table(["id", "source", "prompt", "response"], rows, 160)
+
+
+# ---- sft_candidates -------------------------------------------------------------------------------------------
+
+@dg.asset(
+    group_name="cleaning",
+    kinds={"duckdb"},
+    deps=["public_reasoning_rows", "qa_verified", "instruct_judged"],
+    check_specs=[dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="sft_candidates", blocking=True,
+                                   description="Every row of every section table is a candidate or ledgered "
+                                               "(no_response).")],
+)
+def sft_candidates(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """The union of the four sections' output tables, in the sample row schema, with provenance columns.
+    A section whose table does not exist yet (its stage has not run) contributes no rows and is named in the
+    metadata."""
+    present, missing, rows_in = [], [], 0
+    selects = []
+    sample_cols = ", ".join(SAMPLE_COLUMN_NAMES)
+    for table, label, provenance in SECTION_INPUTS:
+        if not warehouse.table_exists(table):
+            missing.append(table)
+            continue
+        present.append(table)
+        rows_in += _count(warehouse, table)
+        selects.append(f"SELECT {sample_cols}, '{table}' AS origin, CAST({provenance} AS JSON) AS provenance, "
+                       f"{len(selects)} AS _section_rank FROM {table}")
+    if not selects:
+        raise dg.Failure("no section table exists yet: materialize the section assets first")
+    union = " UNION ALL BY NAME ".join(selects)
+    # An SFT sample must end in a non-empty assistant turn; a row without one (a prompt-only source) is ledgered.
+    answered = ("len(messages) > 0 AND messages[len(messages)].role = 'assistant' "
+                "AND trim(coalesce(messages[len(messages)].content, '')) <> ''")
+    warehouse.replace_table(
+        table="sft_candidates", asset="sft_candidates", ledger_path=None, run_id=context.run.run_id,
+        select_sql=f"SELECT {sample_cols}, origin, provenance, "
+                   f"row_number() OVER (ORDER BY _section_rank, source, id) AS cand_order FROM ({union}) "
+                   f"WHERE {answered} ORDER BY cand_order", params=[],
+        ledger_sql=f"SELECT id AS row_id, 'no_response' AS reason, origin || ': the last turn is ' || "
+                   f"coalesce(messages[len(messages)].role, 'missing') || ', not a non-empty assistant answer' AS detail "
+                   f"FROM ({union}) WHERE NOT ({answered}) ORDER BY id")
+    written = _count(warehouse, "sft_candidates")
+    ledger = warehouse.ledger_counts("sft_candidates")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written,
+            "dagster/column_schema": _schema(),
+            "inputs_present": dg.MetadataValue.json(present),
+            "inputs_missing": dg.MetadataValue.json(missing),
+            "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(ledger, "reason")),
+            "rows_by_source": dg.MetadataValue.md(_breakdown(warehouse, "sft_candidates")),
+            "preview": dg.MetadataValue.md(_preview(warehouse, "sft_candidates")),
+        },
+        check_results=[checks.rows_conserved(rows_in, written, sum(ledger.values()))],
+    )
+
+
+# ---- sft_deduped ----------------------------------------------------------------------------------------------
+
+class DedupConfig(dg.Config):
+    ngram: int = Field(default=4, description="word n-gram shingles (the card: 4)")
+    threshold: float = Field(default=0.7, description="drop at exact Jaccard >= this (the card: 0.7)")
+    num_perm: int = 128
+    seed: int = 1
+    batch_rows: int = 2000
+    pair_chunk: int = 20_000
+
+
+def _response(messages) -> str:
+    for m in reversed(messages or []):
+        if m["role"] == "assistant":
+            return m["content"] or ""
+    return ""
+
+
+@dg.asset(
+    group_name="cleaning",
+    kinds={"duckdb"},
+    deps=["sft_candidates"],
+    check_specs=[dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="sft_deduped", blocking=True,
+                                   description="Every candidate is kept or ledgered as a near-duplicate.")],
+)
+def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    """Near-duplicate responses removed: MinHash LSH proposes pairs (buckets joined in DuckDB), exact Jaccard of
+    word 4-gram shingle sets decides; the earliest row of a group stays, the others are ledgered with the kept
+    row's id and the Jaccard."""
+    started = time.perf_counter()
+    n = _count(warehouse, "sft_candidates")
+    bands, rows_per_band = dedup.lsh_params(config.num_perm, config.threshold)
+    hasher = dedup._WordHasher()
+    minhasher = dedup.MinHasher(config.num_perm, config.seed)
+    progress = Progress(context.log.info, "sft_deduped signatures", n)
+    sig_schema = pa.schema([("ord", pa.int64()), ("exact_key", pa.uint64()), ("shingles", pa.int32())])
+    band_schema = pa.schema([("ord", pa.int64()), ("bucket", pa.uint64())])
+    with staged_partition(warehouse, "sft_deduped", "all", sig_schema) as stage:
+        tmp = stage.rows.path.parent
+        bands_writer = pq.ParquetWriter(tmp / "bands.parquet", band_schema, compression="zstd")
+        ids: dict[int, str] = {}
+        done = 0
+        for batch in warehouse.iter_ordered("sft_candidates", ["cand_order", "id", "messages"], "cand_order",
+                                            batch_rows=config.batch_rows):
+            texts = [_response(r["messages"]) for r in batch]
+            hashes, counts = dedup.shingle_batch(texts, config.ngram, hasher)
+            sigs = minhasher.signatures(hashes, counts)
+            keys = dedup.band_keys(sigs, bands, rows_per_band)
+            ends = np.cumsum(counts)
+            ords = np.array([r["cand_order"] for r in batch], dtype=np.int64)
+            exact = []
+            for k, (e, c) in enumerate(zip(ends, counts)):
+                u = np.unique(hashes[e - c:e])
+                exact.append(int.from_bytes(hashlib.blake2b(u.tobytes(), digest_size=8).digest(), "little")
+                             if c else int(ords[k]))  # no shingles: its own group, never a duplicate
+            stage.rows.writer.write_table(pa.table({"ord": ords, "exact_key": pa.array(exact, pa.uint64()),
+                                                    "shingles": pa.array(counts.astype(np.int32))}, schema=sig_schema))
+            has = counts > 0
+            bands_writer.write_table(pa.table({"ord": np.repeat(ords[has], bands),
+                                               "bucket": keys[has].reshape(-1)}, schema=band_schema))
+            done += len(batch)
+            progress(done)
+        bands_writer.close()
+        stage.rows.close()
+        pairs_path = tmp / "pairs.parquet"
+        # Exact duplicates (same shingle set) need no LSH: the first of each group represents it. Candidate pairs
+        # are built among representatives only, so a group of 10,000 copies costs nothing quadratic.
+        with warehouse.connect() as con:
+            con.execute(
+                "CREATE TEMP TABLE reps AS SELECT ord, min(ord) OVER (PARTITION BY exact_key) AS rep "
+                "FROM read_parquet(?)", [str(stage.rows.path)])
+            con.execute(
+                f"COPY (SELECT DISTINCT a.ord AS i, b.ord AS j FROM read_parquet(?) a JOIN read_parquet(?) b "
+                f"ON a.bucket = b.bucket AND a.ord < b.ord "
+                f"WHERE a.ord IN (SELECT ord FROM reps WHERE ord = rep) AND b.ord IN (SELECT ord FROM reps WHERE ord = rep) "
+                f"ORDER BY j, i) TO '{pairs_path}' (FORMAT parquet)", [str(tmp / "bands.parquet")] * 2)
+            followers = con.execute("SELECT ord, rep FROM reps WHERE ord <> rep ORDER BY ord").fetchall()
+        context.log.info(f"sft_deduped: {n:,} rows, {len(followers):,} exact copies, LSH bands={bands}×{rows_per_band}")
+
+        # Greedy pass over candidate pairs in order of the later row: drop j when it matches an earlier kept i.
+        max_ord = n + 1
+        kept = np.ones(max_ord + 1, dtype=bool)
+        match_ord = np.full(max_ord + 1, -1, dtype=np.int64)
+        match_sim = np.zeros(max_ord + 1, dtype=np.float32)
+        pairs_total = pairs_verified = 0
+        pf = pq.ParquetFile(pairs_path)
+        for rb in pf.iter_batches(batch_size=config.pair_chunk):
+            ii = rb.column("i").to_numpy()
+            jj = rb.column("j").to_numpy()
+            pairs_total += len(ii)
+            need = np.unique(np.concatenate([ii, jj]))
+            sets = _shingle_sets(warehouse, need.tolist(), config.ngram, hasher)
+            for i, j in zip(ii.tolist(), jj.tolist()):
+                if not kept[j] or not kept[i]:
+                    continue
+                pairs_verified += 1
+                sim = dedup.jaccard(sets[i], sets[j])
+                if sim >= config.threshold:
+                    kept[j] = False
+                    match_ord[j], match_sim[j] = i, sim
+        for f, rep in followers:
+            kept[f] = False
+            if kept[rep]:
+                match_ord[f], match_sim[f] = rep, 1.0
+            else:
+                match_ord[f], match_sim[f] = match_ord[rep], match_sim[rep]
+        dropped = np.flatnonzero(~kept[: max_ord + 1])
+        drop_table = pa.table({"ord": dropped.astype(np.int64), "kept_ord": match_ord[dropped],
+                               "jaccard": match_sim[dropped].astype(np.float64)})
+        pq.write_table(drop_table, tmp / "dropped.parquet")
+        with warehouse.connect() as con:
+            con.execute(
+                f"COPY (SELECT d.id AS row_id, 'near_duplicate' AS reason, "
+                f"'kept=' || k.id || ' jaccard=' || printf('%.3f', x.jaccard) AS detail "
+                f"FROM read_parquet(?) x JOIN sft_candidates d ON d.cand_order = x.ord "
+                f"JOIN sft_candidates k ON k.cand_order = x.kept_ord ORDER BY x.ord) TO '{stage.ledger.path}.dup' "
+                "(FORMAT parquet)", [str(tmp / "dropped.parquet")])
+        warehouse.replace_table(
+            table="sft_deduped", asset="sft_deduped", ledger_path=Path(f"{stage.ledger.path}.dup"),
+            run_id=context.run.run_id,
+            select_sql="SELECT * FROM sft_candidates WHERE cand_order NOT IN (SELECT ord FROM read_parquet(?)) "
+                       "ORDER BY cand_order", params=[str(tmp / "dropped.parquet")])
+    written = _count(warehouse, "sft_deduped")
+    ledger = warehouse.ledger_counts("sft_deduped")
+    lsh = {"ngram": config.ngram, "threshold": config.threshold, "num_perm": config.num_perm, "bands": bands,
+           "rows_per_band": rows_per_band, "p_candidate_at_threshold": round(
+               1 - (1 - config.threshold ** rows_per_band) ** bands, 6)}
+    warehouse.record_stage("sft_deduped", context.run.run_id, lsh,
+                           {"rows_in": n, "dropped": int(len(dropped)), "exact_copies": len(followers)})
+    sims = match_sim[dropped]
+    hist = Counter(f"{np.floor(s * 20) / 20:.2f}" for s in sims.tolist())
+    examples = warehouse.fetch(
+        "SELECT l.row_id, l.detail, c.messages[len(c.messages)].content FROM row_ledger l "
+        "JOIN sft_candidates c ON c.id = l.row_id WHERE l.asset = 'sft_deduped' ORDER BY l.row_id LIMIT 5")
+    elapsed = time.perf_counter() - started
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written,
+            "dagster/column_schema": _schema(),
+            "rows_in": n,
+            "dropped": len(dropped),
+            "dropped_share": round(len(dropped) / n, 4) if n else 0.0,
+            "exact_copies": len(followers),
+            "lsh": dg.MetadataValue.json(lsh),
+            "candidate_pairs": pairs_total,
+            "pairs_verified": pairs_verified,
+            "rows_per_s": round(n / elapsed, 1) if elapsed > 0 else 0.0,
+            "jaccard_of_dropped": dg.MetadataValue.md(histogram_markdown(dict(sorted(hist.items())), "jaccard ≥")),
+            "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(ledger, "reason")),
+            "examples_dropped": dg.MetadataValue.md(markdown_table(["row", "detail", "response"], examples, 160)),
+            "rows_by_source": dg.MetadataValue.md(_breakdown(warehouse, "sft_deduped")),
+        },
+        check_results=[checks.rows_conserved(n, written, sum(ledger.values()))],
+    )
+
+
+def _shingle_sets(warehouse: Warehouse, ords: list[int], ngram: int, hasher) -> dict[int, np.ndarray]:
+    rows = warehouse.fetch("SELECT cand_order, messages FROM sft_candidates WHERE cand_order IN "
+                           "(SELECT unnest(?::BIGINT[]))", [ords])
+    return {o: dedup.shingle_hashes(_response(m), ngram, hasher) for o, m in rows}
+
+
+# ---- sft_decontaminated ---------------------------------------------------------------------------------------
+
+class DecontamConfig(dg.Config):
+    ngram: int = Field(default=8, description="word n-gram length of step 1 (open-r1: 8)")
+    max_item_df: int = Field(default=3, description="ignore n-grams shared by more than this many eval items")
+    min_shared: int = Field(default=3, description="n-grams a prompt must share with one eval item")
+    fuzzy_threshold: float = Field(default=80.0, description="step 2: rapidfuzz ratio >= this (the card: 80)")
+    batch_rows: int = 2000
+
+
+def eval_index_items(warehouse: Warehouse) -> list[decontam.EvalItem]:
+    """Every eval item, indexed as its bare question and as question + options (or context + question)."""
+    rows = warehouse.fetch("SELECT source, id, prompt, meta->>'question', meta->>'context' FROM eval_items "
+                           "ORDER BY source, id") if warehouse.table_exists("eval_items") else []
+    items = []
+    for source, rid, prompt, question, context in rows:
+        bare = question or (prompt[len(context):].strip() if context and prompt.startswith(context) else prompt)
+        items.append(decontam.EvalItem(source, rid, tuple(dict.fromkeys([bare, prompt]))))
+    return items
+
+
+def contamination_rate(warehouse: Warehouse, table: str, items: list[decontam.EvalItem], config: DecontamConfig
+                       ) -> tuple[int, int, list[str]]:
+    """Re-run the 8-gram test over a stored table: (rows, contaminated rows, example ids)."""
+    index = decontam.NgramIndex(items, config.ngram, config.max_item_df, config.min_shared)
+    total, bad, examples = 0, 0, []
+    for batch in warehouse.iter_ordered(table, ["cand_order", "id", "prompt"], "cand_order", batch_rows=config.batch_rows):
+        total += len(batch)
+        hits = index.match_batch([decontam.strip_boilerplate(r["prompt"]) for r in batch])
+        for r, h in zip(batch, hits):
+            if h is not None:
+                bad += 1
+                if len(examples) < 5:
+                    examples.append(r["id"])
+    return total, bad, examples
+
+
+def _contamination_check(total: int, bad: int, examples: list[str]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=NO_CONTAMINATION, passed=bad == 0, severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"rows": total, "contaminated_rows": bad, "contamination_rate": round(bad / total, 6) if total else 0.0,
+                  "examples": dg.MetadataValue.json(examples), "threshold": "contaminated_rows == 0"})
+
+
+@dg.asset(
+    group_name="cleaning",
+    kinds={"duckdb"},
+    deps=["sft_deduped", "eval_items"],
+    check_specs=[
+        dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="sft_decontaminated", blocking=True,
+                          description="Every deduped row is kept or ledgered with the eval item it matches."),
+        dg.AssetCheckSpec(NO_CONTAMINATION, asset="sft_decontaminated", blocking=True,
+                          description="Re-running the 8-gram test against all eval sets finds nothing."),
+    ],
+)
+def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig,
+                       warehouse: Warehouse) -> dg.MaterializeResult:
+    """Prompts that copy an eval item removed: step 1 shared word 8-grams, step 2 rapidfuzz ratio >= 80."""
+    started = time.perf_counter()
+    items = eval_index_items(warehouse)
+    if not items:
+        raise dg.Failure("eval_items is empty: materialize eval_items first (decontamination needs the eval sets)")
+    ngram_index = decontam.NgramIndex(items, config.ngram, config.max_item_df, config.min_shared)
+    fuzzy_texts, fuzzy_owner = [], []
+    for k, item in enumerate(items):
+        for t in item.texts:
+            fuzzy_texts.append(t)
+            fuzzy_owner.append(k)
+    fuzzy_index = decontam.FuzzyIndex(fuzzy_texts, config.fuzzy_threshold)
+    context.log.info(f"eval index: {len(items):,} items, {len(ngram_index):,} {config.ngram}-grams "
+                     f"({ngram_index.dropped_common:,} common ones left out), {len(fuzzy_texts):,} fuzzy texts "
+                     f"({time.perf_counter() - started:.1f}s)")
+    n = _count(warehouse, "sft_deduped")
+    progress = Progress(context.log.info, "sft_decontaminated", n)
+    by_set: Counter = Counter()
+    by_step: Counter = Counter()
+    examples = []
+    done = 0
+    with staged_partition(warehouse, "sft_decontaminated", "all", pa.schema([("id", pa.string())])) as stage:
+        for batch in warehouse.iter_ordered("sft_deduped", ["cand_order", "id", "prompt"], "cand_order",
+                                            batch_rows=config.batch_rows):
+            stripped = [decontam.strip_boilerplate(r["prompt"]) for r in batch]
+            hits = ngram_index.match_batch(stripped)
+            rest = [k for k, h in enumerate(hits) if h is None]
+            fuzzy_hits = fuzzy_index.match_batch([stripped[k] for k in rest])
+            for r, h in zip(batch, hits):
+                if h is not None:
+                    stage.ledger.add({"row_id": r["id"], "reason": "contaminated_ngram",
+                                      "detail": f"eval_set={h.eval_set} item={h.item_id} ngram={h.ngram!r}"})
+                    by_set[h.eval_set] += 1
+                    by_step["ngram"] += 1
+                    if len(examples) < 5:
+                        examples.append(("ngram", h.eval_set, r["prompt"], h.ngram))
+            for k, fh in zip(rest, fuzzy_hits):
+                if fh is not None:
+                    item = items[fuzzy_owner[fh.eval_index]]
+                    r = batch[k]
+                    stage.ledger.add({"row_id": r["id"], "reason": "contaminated_fuzzy",
+                                      "detail": f"eval_set={item.eval_set} item={item.item_id} score={fh.score:.1f}"})
+                    by_set[item.eval_set] += 1
+                    by_step["fuzzy"] += 1
+                    if len(examples) < 5:
+                        examples.append(("fuzzy", item.eval_set, r["prompt"], f"{fh.score:.1f}"))
+            done += len(batch)
+            progress(done)
+        stage.close()
+        warehouse.replace_table(
+            table="sft_decontaminated", asset="sft_decontaminated", ledger_path=stage.ledger.path,
+            run_id=context.run.run_id,
+            select_sql="SELECT * FROM sft_deduped WHERE id NOT IN (SELECT row_id FROM read_parquet(?)) "
+                       "ORDER BY cand_order", params=[str(stage.ledger.path)])
+    written = _count(warehouse, "sft_decontaminated")
+    ledger = warehouse.ledger_counts("sft_decontaminated")
+    total, bad, bad_examples = contamination_rate(warehouse, "sft_decontaminated", items, config)
+    warehouse.record_stage("sft_decontaminated", context.run.run_id, config.model_dump(),
+                           {"rows_in": n, "eval_items": len(items), "removed_by_step": dict(by_step),
+                            "removed_by_eval_set": dict(by_set)})
+    elapsed = time.perf_counter() - started
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": written,
+            "dagster/column_schema": _schema(),
+            "rows_in": n,
+            "removed_by_step": dg.MetadataValue.json(dict(by_step)),
+            "removed_by_eval_set": dg.MetadataValue.md(histogram_markdown(dict(by_set.most_common()), "eval set")),
+            "eval_items": len(items),
+            "indexed_ngrams": len(ngram_index),
+            "common_ngrams_left_out": ngram_index.dropped_common,
+            "fuzzy_pairs_scored": fuzzy_index.pairs_scored,
+            "fuzzy_pairs_brute_force": len(fuzzy_texts) * (n - by_step["ngram"]),
+            "parameters": dg.MetadataValue.json(config.model_dump()),
+            "rows_per_s": round(n / elapsed, 1) if elapsed > 0 else 0.0,
+            "examples_removed": dg.MetadataValue.md(markdown_table(["step", "eval set", "prompt", "evidence"], examples, 160)),
+            "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(ledger, "reason")),
+            "rows_by_source": dg.MetadataValue.md(_breakdown(warehouse, "sft_decontaminated")),
+        },
+        check_results=[checks.rows_conserved(n, written, sum(ledger.values())),
+                       _contamination_check(total, bad, bad_examples)],
+    )
+
+
+# ---- sft_final ------------------------------------------------------------------------------------------------
+
+class FinalConfig(dg.Config):
+    validation_fraction: float = Field(default=0.0, description="held-out share per source (0 = train only)")
+    validation_max_per_source: int = Field(default=500, description="cap on held-out rows per source")
+    seed: int = 0
+    min_rows: int = Field(default=1, description="ERROR below this many rows (the card: 2,197,741 at full scale)")
+    max_rows: int | None = Field(default=None, description="WARN above this many rows")
+    ngram: int = 8
+    max_item_df: int = 3
+    min_shared: int = 3
+
+
+@dg.asset(
+    group_name="cleaning",
+    kinds={"duckdb"},
+    deps=["sft_decontaminated"],
+    check_specs=[
+        dg.AssetCheckSpec(TOTAL_IN_BOUNDS, asset="sft_final", blocking=True,
+                          description="The final count lies within the configured bounds (ERROR below the minimum)."),
+        dg.AssetCheckSpec(NO_DUPLICATE_RESPONSES, asset="sft_final", blocking=True,
+                          description="No two rows have the same final response."),
+        dg.AssetCheckSpec(NO_EMPTY_MESSAGES, asset="sft_final", blocking=True,
+                          description="No message has empty content and every row ends with an assistant turn."),
+        dg.AssetCheckSpec(CONSERVED_THROUGH_CLEANING, asset="sft_final", blocking=True,
+                          description="rows of the section tables = final rows + rows ledgered by every cleaning stage."),
+        dg.AssetCheckSpec(NO_CONTAMINATION, asset="sft_final", blocking=True,
+                          description="Re-running the 8-gram test against all eval sets finds nothing."),
+    ],
+)
+def sft_final(context: dg.AssetExecutionContext, config: FinalConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    """The final split: train, plus an optional held-out validation split stratified by source."""
+    # Per source, the rows with the smallest hash(seed, id) are held out: deterministic and stratified.
+    warehouse.replace_table(
+        table="sft_final", asset="sft_final", ledger_path=None, run_id=context.run.run_id,
+        select_sql="SELECT * EXCLUDE (_rank, _n), CASE WHEN _rank <= least(floor(_n * ?), ?) THEN 'validation' "
+                   "ELSE 'train' END AS split FROM (SELECT *, row_number() OVER (PARTITION BY source "
+                   "ORDER BY hash(? || id)) AS _rank, count(*) OVER (PARTITION BY source) AS _n "
+                   "FROM sft_decontaminated) ORDER BY cand_order",
+        params=[config.validation_fraction, config.validation_max_per_source, str(config.seed)])
+    total = _count(warehouse, "sft_final")
+    splits = dict(warehouse.fetch("SELECT split, count(*) FROM sft_final GROUP BY 1 ORDER BY 1"))
+    by_section = warehouse.fetch("SELECT section, count(*) FILTER (WHERE split = 'train'), "
+                                 "count(*) FILTER (WHERE split = 'validation') FROM sft_final GROUP BY 1 ORDER BY 1")
+    by_source = warehouse.fetch("SELECT section, source, count(*) FILTER (WHERE split = 'train'), "
+                                "count(*) FILTER (WHERE split = 'validation') FROM sft_final GROUP BY ALL ORDER BY 1, 2")
+    dup_groups, dup_rows = warehouse.fetch_one(
+        "SELECT count(*), coalesce(sum(c), 0) FROM (SELECT count(*) AS c FROM sft_final "
+        "GROUP BY messages[len(messages)].content HAVING count(*) > 1)")
+    empty = warehouse.fetch_one(
+        "SELECT count(*) FROM sft_final WHERE len(messages) = 0 OR messages[len(messages)].role <> 'assistant' "
+        "OR list_bool_or(list_transform(messages, lambda m: m.content IS NULL OR trim(m.content) = ''))")[0]
+    candidates = sum(_count(warehouse, t) for t, _, _ in SECTION_INPUTS)
+    ledgered = {a: sum(warehouse.ledger_counts(a).values()) for a in CLEANING_ASSETS}
+    conserved = candidates == total + sum(ledgered.values())
+    items = eval_index_items(warehouse)
+    rate = contamination_rate(warehouse, "sft_final", items,
+                              DecontamConfig(ngram=config.ngram, max_item_df=config.max_item_df,
+                                             min_shared=config.min_shared))
+    too_few = total < config.min_rows
+    too_many = config.max_rows is not None and total > config.max_rows
+    per_section = {s: t + v for s, t, v in by_section}
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": total,
+            "dagster/column_schema": dg.TableSchema(columns=[*_schema().columns,
+                                                             dg.TableColumn("split", "VARCHAR", description="train | validation")]),
+            "splits": dg.MetadataValue.json(splits),
+            "rows_by_section": dg.MetadataValue.md(markdown_table(["section", "train", "validation"], by_section)),
+            "rows_by_source": dg.MetadataValue.md(markdown_table(["section", "source", "train", "validation"], by_source)),
+            "section_plot": dg.MetadataValue.md(histogram_png_markdown(per_section, "final rows by section", "section")
+                                                if per_section else "_(no rows)_"),
+            "preview": dg.MetadataValue.md(_preview(warehouse, "sft_final")),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name=TOTAL_IN_BOUNDS, passed=not (too_few or too_many),
+                                severity=dg.AssetCheckSeverity.ERROR if too_few else dg.AssetCheckSeverity.WARN,
+                                metadata={"rows": total, "min_rows": config.min_rows,
+                                          "max_rows": config.max_rows if config.max_rows is not None else "none"}),
+            dg.AssetCheckResult(check_name=NO_DUPLICATE_RESPONSES, passed=dup_groups == 0,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"duplicate_groups": int(dup_groups), "rows_in_duplicate_groups": int(dup_rows)}),
+            dg.AssetCheckResult(check_name=NO_EMPTY_MESSAGES, passed=empty == 0, severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"rows_with_empty_or_unanswered_messages": int(empty)}),
+            dg.AssetCheckResult(check_name=CONSERVED_THROUGH_CLEANING, passed=conserved,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"section_rows": candidates, "final_rows": total,
+                                          **{f"ledgered_{a}": v for a, v in ledgered.items()},
+                                          "unaccounted": candidates - total - sum(ledgered.values())}),
+            _contamination_check(*rate),
+        ],
+    )
+
+
+# ---- sft_export -----------------------------------------------------------------------------------------------
+
+class ExportConfig(dg.Config):
+    out_dir: str | None = Field(default=None, description="default: <warehouse dir>/export")
+    shard_rows: int = Field(default=100_000, description="rows per Parquet shard")
+    dataset_name: str = "II-Medical-Reasoning-SFT (reproduction)"
+
+
+EXPORT_COLUMNS = "id, source, section, messages, prompt, gold_answer, language, origin, provenance::VARCHAR AS provenance"
+
+
+@dg.asset(group_name="cleaning", kinds={"parquet", "json"}, deps=["sft_final"])
+def sft_export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    """Parquet shards that `datasets` loads (a `messages` column), the same rows as JSONL, and a dataset card
+    (README.md) written from the real counts, the parameters each stage actually used, and the ledger."""
+    out = Path(config.out_dir).expanduser() if config.out_dir else warehouse.database.parent / "export"
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "data").mkdir(parents=True)
+    files: dict[str, list[str]] = {}
+    counts = dict(warehouse.fetch("SELECT split, count(*) FROM sft_final GROUP BY 1"))
+    with warehouse.connect() as con:
+        for split, n in sorted(counts.items()):
+            shards = max(1, -(-n // config.shard_rows))
+            files[split] = []
+            for k in range(shards):
+                name = f"data/{split}-{k:05d}-of-{shards:05d}.parquet"
+                con.execute(f"COPY (SELECT {EXPORT_COLUMNS} FROM sft_final WHERE split = ? ORDER BY cand_order "
+                            f"LIMIT ? OFFSET ?) TO '{tmp / name}' (FORMAT parquet, COMPRESSION zstd)",
+                            [split, config.shard_rows, k * config.shard_rows])
+                files[split].append(name)
+            con.execute(f"COPY (SELECT {EXPORT_COLUMNS} FROM sft_final WHERE split = ? ORDER BY cand_order) "
+                        f"TO '{tmp / f'{split}.jsonl'}' (FORMAT json)", [split])
+    card = dataset_card(warehouse, config.dataset_name, files)
+    (tmp / "README.md").write_text(card)
+    # swap the finished export in (a failed run leaves the previous export in place)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    sizes = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    return dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(out)),
+        "rows": dg.MetadataValue.json(counts),
+        "files": dg.MetadataValue.json(sizes),
+        "dataset_card": dg.MetadataValue.md(card),
+    })
+
+
+def dataset_card(warehouse: Warehouse, name: str, files: dict[str, list[str]]) -> str:
+    by_section = warehouse.fetch("SELECT section, count(*) FILTER (WHERE split = 'train'), "
+                                 "count(*) FILTER (WHERE split = 'validation') FROM sft_final GROUP BY 1 ORDER BY 1")
+    by_source = warehouse.fetch("SELECT section, source, count(*) FROM sft_final GROUP BY ALL ORDER BY 1, 2")
+    ledger = warehouse.fetch(f"SELECT asset, reason, count(*) FROM {LEDGER_TABLE} GROUP BY ALL ORDER BY 1, 3 DESC")
+    total = sum(t + v for _, t, v in by_section)
+    lsh, dedup_md = warehouse.stage_record("sft_deduped")
+    params, decon_md = warehouse.stage_record("sft_decontaminated")
+    config_lines = "\n".join(f"  - split: {s}\n    path: \"{'data/' + s}-*.parquet\"" for s in files)
+    lines = [
+        "---",
+        "license: other",
+        "task_categories: [text-generation]",
+        "language: [en, zh]",
+        "tags: [medical, reasoning, sft]",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        config_lines,
+        "---",
+        "",
+        f"# {name}",
+        "",
+        f"{total:,} chat samples (`messages`: user turn(s), then an assistant turn with `<think>` reasoning where "
+        "there is reasoning), built by [iimed_assets](https://github.com/) from the public sources of the "
+        "II-Medical-Reasoning-SFT recipe. Every count below was read from the warehouse when this card was written.",
+        "",
+        "## Counts",
+        "",
+        markdown_table(["section", "train", "validation"], by_section),
+        "",
+        markdown_table(["section", "source", "rows"], by_source),
+        "",
+        "## Recipe (parameters actually used)",
+        "",
+        "1. Sections: public medical reasoning sets as they are; rejection-sampled QA (n samples per seed, the "
+        "shortest verified-correct response kept); R1 traces in medical/biology clusters; judged instructions "
+        "(score >= threshold).",
+        f"2. Response dedup: word {lsh.get('ngram', '?')}-gram shingles, exact Jaccard >= {lsh.get('threshold', '?')} "
+        f"against an earlier kept response; MinHash {lsh.get('num_perm', '?')} permutations, LSH "
+        f"{lsh.get('bands', '?')} bands × {lsh.get('rows_per_band', '?')} rows. Removed "
+        f"{dedup_md.get('dropped', '?')} of {dedup_md.get('rows_in', '?')}.",
+        f"3. Decontamination against {decon_md.get('eval_items', '?')} eval items: word {params.get('ngram', '?')}-gram "
+        f"overlap (NFKC, casefold, punctuation ignored; n-grams in more than {params.get('max_item_df', '?')} eval "
+        f"items ignored; at least {params.get('min_shared', '?')} shared with one item), then rapidfuzz ratio >= "
+        f"{params.get('fuzzy_threshold', '?')}. Removed: {json.dumps(decon_md.get('removed_by_step', {}))}.",
+        "",
+        "## Row ledger (rows not passed on, by stage and reason)",
+        "",
+        markdown_table(["stage", "reason", "rows"], ledger),
+        "",
+        "## Files",
+        "",
+        *[f"- `{f}`" for fs in files.values() for f in fs],
+        *[f"- `{s}.jsonl`" for s in files],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+CLEANING = [sft_candidates, sft_deduped, sft_decontaminated, sft_final, sft_export]

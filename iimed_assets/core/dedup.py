@@ -1,0 +1,229 @@
+"""Near-duplicate detection for responses: word 4-gram shingles, MinHash + LSH banding for candidates, exact
+Jaccard for the decision.
+
+    near_duplicate_mask(texts, ngram=4, threshold=0.7) -> [False, True, ...]   # True = drop
+
+A text is dropped when its exact Jaccard similarity (over sets of word n-gram shingles of lowercased `\\w+`
+tokens) with an *earlier kept* text is >= threshold. LSH only proposes candidate pairs; every candidate is
+verified with the exact Jaccard of the two shingle sets, so nothing below the threshold is ever dropped. The
+bands sit well below the threshold (32 bands × 4 rows: a pair at Jaccard 0.7 becomes a candidate with probability
+1 - (1 - 0.7^4)^32 = 0.99985), so almost nothing above it is missed either.
+
+Signatures are computed with numpy over a whole batch of documents at once (no Python loop per shingle): each
+shingle is hashed once (64 bit), then all permutations are one multiply-shift over a (shingles × permutations)
+matrix, reduced per document with `np.minimum.reduceat`.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+_WORD = re.compile(r"\w+")
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_P1 = np.uint64(0x9E3779B97F4A7C15)
+_P2 = np.uint64(0xBF58476D1CE4E5B9)
+_P3 = np.uint64(0x94D049BB133111EB)
+
+
+def tokens(text: str) -> list[str]:
+    return _WORD.findall((text or "").lower())
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, vectorised (uint64 arithmetic wraps)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _P2
+    x = x ^ (x >> np.uint64(27))
+    x = x * _P3
+    return x ^ (x >> np.uint64(31))
+
+
+class _WordHasher:
+    """Stable 64-bit word hashes (crc32 twice, with different seeds), memoised: corpora repeat words a lot."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, int] = {}
+
+    def __call__(self, words: list[str]) -> list[int]:
+        cache = self.cache
+        out = []
+        for w in words:
+            h = cache.get(w)
+            if h is None:
+                b = w.encode("utf-8", "surrogatepass")
+                h = (zlib.crc32(b) << 32) | zlib.crc32(b, 0x5BD1E995)
+                if len(cache) < 2_000_000:
+                    cache[w] = h
+            out.append(h)
+        return out
+
+
+def shingle_batch(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None,
+                  tokenize: Callable[[str], list[str]] = tokens) -> tuple[np.ndarray, np.ndarray]:
+    """All word n-gram hashes of a batch of texts, vectorised: (hashes uint64, shingles per text). A text shorter
+    than n words is one shingle (its words, zero-padded); a text with no word has none. Not deduplicated: MinHash
+    does not need it."""
+    hasher = hasher or _WordHasher()
+    flat: list[int] = []
+    lengths = np.empty(len(texts), dtype=np.int64)
+    pad = [0] * (ngram - 1)
+    for i, t in enumerate(texts):
+        words = tokenize(t)
+        lengths[i] = len(words)
+        flat.extend(hasher(words))
+        flat.extend(pad)
+    w = np.array(flat, dtype=np.uint64)
+    counts = np.where(lengths == 0, 0, np.maximum(lengths - ngram + 1, 1))
+    starts = np.concatenate([[0], np.cumsum(lengths + ngram - 1)[:-1]]).astype(np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.uint64), counts
+    pos = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(total)
+    h = np.zeros(total, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(ngram):  # a loop over the n positions of a shingle, vectorised over all shingles
+            h = _mix(h * _P1 + w[pos + k])
+    return h, counts
+
+
+def shingle_hashes(text: str, ngram: int = 4, hasher: _WordHasher | None = None) -> np.ndarray:
+    """The sorted unique 64-bit hashes of one text's word n-grams: its shingle set."""
+    h, _ = shingle_batch([text], ngram, hasher)
+    return np.unique(h)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard of two sorted unique hash arrays (as `shingle_hashes` returns)."""
+    if len(a) == 0 and len(b) == 0:
+        return 1.0
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    return inter / (len(a) + len(b) - inter)
+
+
+@dataclass
+class MinHasher:
+    """`num_perm` hash functions over shingles: each 64-bit shingle hash is folded to 32 bits, then permuted by
+    num_perm random affine bijections x -> a·x + b (mod 2^32, a odd). The inputs are already well-mixed hashes,
+    so the affine maps behave as min-wise permutations (tested against exact Jaccard), and 32-bit lanes keep the
+    (shingles × permutations) block small enough to stay in cache."""
+
+    num_perm: int = 128
+    seed: int = 1
+    block_cells: int = 256 * 1024  # shingles × permutations per numpy block (1 MB of uint32)
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        self.a = rng.integers(0, 2**32, self.num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+        self.b = rng.integers(0, 2**32, self.num_perm, dtype=np.uint64).astype(np.uint32)
+
+    def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """(documents × num_perm) uint32 signatures from `shingle_batch` output; no shingle -> all 0xFFFFFFFF."""
+        n_docs = len(counts)
+        out = np.full((n_docs, self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
+        x = (hashes ^ (hashes >> np.uint64(32))).astype(np.uint32)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        block_rows = max(1, self.block_cells // self.num_perm)
+        d = 0
+        while d < n_docs:
+            e, lo = d, int(starts[d])
+            while e < n_docs and (e == d or int(ends[e]) - lo <= block_rows):
+                e += 1
+            docs = np.arange(d, e)[counts[d:e] > 0]
+            if len(docs):
+                block = x[lo:int(ends[e - 1])]
+                vals = np.multiply(block[:, None], self.a[None, :])
+                vals += self.b
+                out[docs] = np.minimum.reduceat(vals, starts[docs] - lo, axis=0)
+            d = e
+        return out
+
+    def signatures_of(self, texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None) -> np.ndarray:
+        return self.signatures(*shingle_batch(texts, ngram, hasher))
+
+
+def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
+    """(bands, rows) with bands × rows = num_perm whose S-curve midpoint (1/b)^(1/r) lies well below the
+    threshold: the largest r whose miss probability at the threshold is < 1e-3."""
+    best = (num_perm, 1)
+    for r in range(1, num_perm + 1):
+        if num_perm % r:
+            continue
+        b = num_perm // r
+        miss = (1 - threshold ** r) ** b
+        if miss < 1e-3:
+            best = (b, r)
+    return best
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(documents × bands) uint64 bucket keys; the band index is mixed in, so keys of different bands differ."""
+    n = signatures.shape[0]
+    s = signatures[:, : bands * rows].astype(np.uint64).reshape(n, bands, rows)
+    h = np.arange(bands, dtype=np.uint64)[None, :].repeat(n, axis=0)
+    with np.errstate(over="ignore"):
+        for k in range(rows):
+            h = _mix(h * _P1 + s[:, :, k])
+    return h
+
+
+@dataclass
+class DedupResult:
+    drop: list[bool]
+    kept_match: dict[int, tuple[int, float]]  # dropped index -> (kept index it duplicates, exact Jaccard)
+    candidate_pairs: int = 0
+
+
+def near_duplicates(texts: Iterable[str], *, ngram: int = 4, threshold: float = 0.7, num_perm: int = 128,
+                    seed: int = 1) -> DedupResult:
+    """In-memory greedy dedup in input order (for notebooks and tests; the asset runs the same rule with its
+    buckets in DuckDB). Only kept texts enter the LSH buckets, so a text is compared with earlier *kept* ones."""
+    texts = list(texts)
+    hasher = _WordHasher()
+    sets = [shingle_hashes(t, ngram, hasher) for t in texts]
+    bands, rows = lsh_params(num_perm, threshold)
+    keys = band_keys(MinHasher(num_perm, seed).signatures_of(texts, ngram, hasher), bands, rows)
+    buckets: dict[int, list[int]] = {}
+    drop = [False] * len(sets)
+    matches: dict[int, tuple[int, float]] = {}
+    pairs = 0
+    for i, s in enumerate(sets):
+        if len(s) == 0:
+            continue
+        cands = sorted({j for k in keys[i].tolist() for j in buckets.get(k, ())})
+        pairs += len(cands)
+        for j in cands:
+            sim = jaccard(s, sets[j])
+            if sim >= threshold:
+                drop[i] = True
+                matches[i] = (j, sim)
+                break
+        if not drop[i]:
+            for k in keys[i].tolist():
+                buckets.setdefault(k, []).append(i)
+    return DedupResult(drop, matches, pairs)
+
+
+def near_duplicate_mask(texts: Sequence[str], *, ngram: int = 4, threshold: float = 0.7) -> list[bool]:
+    """True where a text is a near-duplicate (exact Jaccard >= threshold over word n-gram shingles) of an
+    earlier kept text."""
+    return near_duplicates(texts, ngram=ngram, threshold=threshold).drop
+
+
+def near_duplicate_mask_exact(texts: Sequence[str], *, ngram: int = 4, threshold: float = 0.7) -> list[bool]:
+    """The same rule by brute force over all earlier kept texts (O(n²)): the reference for tests and benchmarks."""
+    hasher = _WordHasher()
+    sets = [shingle_hashes(t, ngram, hasher) for t in texts]
+    kept: list[int] = []
+    drop = [False] * len(sets)
+    for i, s in enumerate(sets):
+        if len(s) and any(jaccard(s, sets[j]) >= threshold for j in kept):
+            drop[i] = True
+        elif len(s):
+            kept.append(i)
+    return drop
