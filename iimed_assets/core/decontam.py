@@ -29,23 +29,27 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from iimed_assets.core.dedup import _WordHasher, shingle_batch
+from iimed_assets.core.dedup import _WordHasher, shingle_batch, tokens
 
-# Instruction wrappers that training prompts add around a question (and our own QA templates add).
-BOILERPLATE = [re.compile(p, re.I | re.S) for p in (
-    r"please\s+reason\s+step\s+by\s+step[^\n]*?(?:\\boxed\s*\{\s*\}|boxed\{\})\.?",
-    r"return\s+your\s+final\s+response\s+within\s+\\boxed\s*\{\s*\}[^\n]*",
-    r"put\s+(?:the\s+letter\s+of\s+)?your\s+final\s+answer[^\n]*?\\boxed\s*\{\s*\}\.?",
-    r"answer\s+the\s+question\s+with\s+yes,\s*no\s+or\s+maybe\.?",
-    r"(?:answer\s+with\s+)?(?:only\s+)?the\s+letter\s+of\s+the\s+correct\s+(?:answer|option)\.?",
-    r"let'?s\s+think\s+step\s+by\s+step\.?",
-    r"^\s*(?:context|question)\s*:\s*",
+# Instruction wrappers that training prompts add around a question (and our own QA templates add), each with a
+# word it always contains whatever its spacing: the regex only runs when that word is there.
+BOILERPLATE = [(hint, re.compile(p, re.I | re.S)) for hint, p in (
+    ("reason", r"please\s+reason\s+step\s+by\s+step[^\n]*?(?:\\boxed\s*\{\s*\}|boxed\{\})\.?"),
+    ("boxed", r"return\s+your\s+final\s+response\s+within\s+\\boxed\s*\{\s*\}[^\n]*"),
+    ("boxed", r"put\s+(?:the\s+letter\s+of\s+)?your\s+final\s+answer[^\n]*?\\boxed\s*\{\s*\}\.?"),
+    ("yes,", r"answer\s+the\s+question\s+with\s+yes,\s*no\s+or\s+maybe\.?"),
+    ("letter", r"(?:answer\s+with\s+)?(?:only\s+)?the\s+letter\s+of\s+the\s+correct\s+(?:answer|option)\.?"),
+    ("step", r"let'?s\s+think\s+step\s+by\s+step\.?"),
+    ("", r"^\s*(?:context|question)\s*:\s*"),
 )]
 
 
 def strip_boilerplate(text: str) -> str:
-    for pattern in BOILERPLATE:
-        text = pattern.sub(" ", text or "")
+    text = text or ""
+    lower = text.lower()
+    for hint, pattern in BOILERPLATE:
+        if hint in lower:
+            text = pattern.sub(" ", text)
     return text.strip()
 
 
@@ -54,7 +58,10 @@ _WORD = re.compile(r"\w+")
 
 def normalized_words(text: str) -> list[str]:
     """NFKC, casefold, punctuation dropped: the words the n-gram test compares."""
-    return _WORD.findall(unicodedata.normalize("NFKC", text or "").casefold())
+    text = text or ""
+    if text.isascii():  # NFKC is the identity and casefold is lower() on ASCII
+        return tokens(text)
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def _grams(texts: Sequence[str], n: int, hasher: _WordHasher) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +132,9 @@ class NgramIndex:
         self.need = np.clip(np.minimum(bare_counts, min_shared), 1, None)
         keep = df <= max_item_df
         self.hashes, self.owner = uh[keep], o[first[keep]]
+        # A 16 MB presence bitmap on the low 24 bits answers most lookups without a binary search.
+        self.bitmap = np.zeros(1 << 24, dtype=bool)
+        self.bitmap[(self.hashes & np.uint64(0xFFFFFF)).astype(np.int64)] = True
 
     def __len__(self) -> int:
         return len(self.hashes)
@@ -140,9 +150,12 @@ class NgramIndex:
             return out
         doc = np.repeat(np.arange(len(texts)), counts)
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        pos = np.searchsorted(self.hashes, h)
-        pos[pos >= len(self.hashes)] = 0
-        hit = np.flatnonzero(self.hashes[pos] == h)
+        maybe = np.flatnonzero(self.bitmap[(h & np.uint64(0xFFFFFF)).astype(np.int64)])
+        pos = np.zeros(len(h), dtype=np.int64)
+        found = np.searchsorted(self.hashes, h[maybe])
+        found[found >= len(self.hashes)] = 0
+        pos[maybe] = found
+        hit = maybe[self.hashes[found] == h[maybe]]
         if not len(hit):
             return out
         # distinct (text, item, n-gram) triples -> shared n-grams per (text, item)

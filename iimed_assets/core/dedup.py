@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from itertools import repeat
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -30,8 +31,17 @@ _P2 = np.uint64(0xBF58476D1CE4E5B9)
 _P3 = np.uint64(0x94D049BB133111EB)
 
 
+# ASCII fast path: every character that is not [A-Za-z0-9_] becomes a space (str.translate runs in C); for ASCII
+# text this splits exactly where `\w+` does.
+_ASCII_NONWORD = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")}
+
+
 def tokens(text: str) -> list[str]:
-    return _WORD.findall((text or "").lower())
+    """Lowercased `\w+` runs."""
+    text = (text or "").lower()
+    if text.isascii():
+        return text.translate(_ASCII_NONWORD).split()
+    return _WORD.findall(text)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -44,23 +54,44 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 class _WordHasher:
-    """Stable 64-bit word hashes (crc32 twice, with different seeds), memoised: corpora repeat words a lot."""
+    """Stable 64-bit word hashes (crc32 twice, with different seeds). Words get small integer ids from a dict
+    (corpora repeat words a lot; lookups run through `map`, in C), and the hashes live in a numpy table indexed
+    by id. The empty string (shingle padding) is id 0 with hash 0. Past `max_vocab` words the table is reset."""
 
-    def __init__(self) -> None:
-        self.cache: dict[str, int] = {}
+    def __init__(self, max_vocab: int = 2_000_000) -> None:
+        self.max_vocab = max_vocab
+        self._reset()
 
-    def __call__(self, words: list[str]) -> list[int]:
-        cache = self.cache
-        out = []
-        for w in words:
-            h = cache.get(w)
-            if h is None:
-                b = w.encode("utf-8", "surrogatepass")
-                h = (zlib.crc32(b) << 32) | zlib.crc32(b, 0x5BD1E995)
-                if len(cache) < 2_000_000:
-                    cache[w] = h
-            out.append(h)
-        return out
+    def _reset(self) -> None:
+        self.ids: dict[str, int] = {"": 0}
+        self.table = np.zeros(1024, dtype=np.uint64)
+
+    @staticmethod
+    def _hash(w: str) -> int:
+        b = w.encode("utf-8", "surrogatepass")
+        return (zlib.crc32(b) << 32) | zlib.crc32(b, 0x5BD1E995)
+
+    def __call__(self, words: list[str]) -> np.ndarray:
+        idx = np.fromiter(map(self.ids.get, words, repeat(-1)), dtype=np.int64, count=len(words))
+        missing = np.flatnonzero(idx < 0)
+        if len(missing):
+            new = list(dict.fromkeys(words[i] for i in missing.tolist()))
+            if len(self.ids) + len(new) > self.max_vocab:
+                if len(new) + 1 > self.max_vocab:  # one batch with more distinct words than the cache holds
+                    return np.array([self._hash(w) if w else 0 for w in words], dtype=np.uint64)
+                self._reset()
+                return self(words)
+            start = len(self.ids)
+            need = start + len(new)
+            if need > len(self.table):
+                grown = np.zeros(max(need, 2 * len(self.table)), dtype=np.uint64)
+                grown[: len(self.table)] = self.table
+                self.table = grown
+            self.table[start:need] = np.array([self._hash(w) for w in new], dtype=np.uint64)
+            self.ids.update(zip(new, range(start, need)))
+            idx[missing] = np.fromiter(map(self.ids.__getitem__, (words[i] for i in missing.tolist())),
+                                       dtype=np.int64, count=len(missing))
+        return self.table[idx]
 
 
 def shingle_batch(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None,
@@ -69,15 +100,15 @@ def shingle_batch(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | No
     than n words is one shingle (its words, zero-padded); a text with no word has none. Not deduplicated: MinHash
     does not need it."""
     hasher = hasher or _WordHasher()
-    flat: list[int] = []
+    flat: list[str] = []
     lengths = np.empty(len(texts), dtype=np.int64)
-    pad = [0] * (ngram - 1)
+    pad = [""] * (ngram - 1)
     for i, t in enumerate(texts):
         words = tokenize(t)
         lengths[i] = len(words)
-        flat.extend(hasher(words))
+        flat.extend(words)
         flat.extend(pad)
-    w = np.array(flat, dtype=np.uint64)
+    w = hasher(flat)  # padding ("") hashes to 0
     counts = np.where(lengths == 0, 0, np.maximum(lengths - ngram + 1, 1))
     starts = np.concatenate([[0], np.cumsum(lengths + ngram - 1)[:-1]]).astype(np.int64)
     total = int(counts.sum())
@@ -114,12 +145,13 @@ class MinHasher:
 
     num_perm: int = 128
     seed: int = 1
-    block_cells: int = 256 * 1024  # shingles × permutations per numpy block (1 MB of uint32)
+    block_cells: int = 64 * 1024  # shingles × permutations per numpy block (256 KB of uint32: stays in L2)
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
         self.a = rng.integers(0, 2**32, self.num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
         self.b = rng.integers(0, 2**32, self.num_perm, dtype=np.uint64).astype(np.uint32)
+        self.hasher = _WordHasher()  # kept across calls: the word-hash cache warms up
 
     def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(documents × num_perm) uint32 signatures from `shingle_batch` output; no shingle -> all 0xFFFFFFFF."""
@@ -129,6 +161,7 @@ class MinHasher:
         ends = np.cumsum(counts)
         starts = ends - counts
         block_rows = max(1, self.block_cells // self.num_perm)
+        buf = np.empty((block_rows, self.num_perm), dtype=np.uint32)
         d = 0
         while d < n_docs:
             e, lo = d, int(starts[d])
@@ -137,14 +170,15 @@ class MinHasher:
             docs = np.arange(d, e)[counts[d:e] > 0]
             if len(docs):
                 block = x[lo:int(ends[e - 1])]
-                vals = np.multiply(block[:, None], self.a[None, :])
+                vals = buf[: len(block)] if len(block) <= block_rows else np.empty((len(block), self.num_perm), np.uint32)
+                np.multiply(block[:, None], self.a[None, :], out=vals)
                 vals += self.b
                 out[docs] = np.minimum.reduceat(vals, starts[docs] - lo, axis=0)
             d = e
         return out
 
     def signatures_of(self, texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None) -> np.ndarray:
-        return self.signatures(*shingle_batch(texts, ngram, hasher))
+        return self.signatures(*shingle_batch(texts, ngram, hasher or self.hasher))
 
 
 def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:

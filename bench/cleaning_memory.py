@@ -1,0 +1,111 @@
+"""Peak memory of the cleaning stages as the row count grows: sft_deduped (and with --decontam
+sft_decontaminated; real asset code, real DuckDB file with memory_limit=1GB) on generated candidates, at --small and --rows, each in a fresh process. Responses are
+~120 words drawn from real medical text with 5% exact copies and 5% edited copies; prompts are real clean prompts.
+Final line: rows=... peak_rss_mb_small=... peak_rss_mb=... rss_growth=... rows_per_s=..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def child(rows: int, workdir: str, with_decontam: bool) -> None:
+    import random
+
+    import dagster as dg
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(HERE))
+    from _texts import clean_prompts, responses
+
+    from iimed_assets.assets.cleaning import sft_decontaminated, sft_deduped
+    from iimed_assets.resources.warehouse import Warehouse
+
+    wh_path = Path(workdir) / "warehouse.duckdb"
+    rng = random.Random(0)
+    words = " ".join(responses()).split()
+    prompts = clean_prompts()
+    staged = Path(workdir) / "cands.parquet"
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("response", pa.string())])
+    with pq.ParquetWriter(staged, schema) as w:
+        recent: list[str] = []
+        for start in range(0, rows, 50_000):
+            ids, ps, rs = [], [], []
+            for i in range(start, min(rows, start + 50_000)):
+                r = rng.random()
+                if r < 0.05 and recent:
+                    text = rng.choice(recent)
+                elif r < 0.10 and recent:
+                    ws = rng.choice(recent).split()
+                    ws[rng.randrange(len(ws))] = "edited"
+                    text = " ".join(ws)
+                else:
+                    k = rng.randrange(len(words) - 120)
+                    text = " ".join(words[k:k + 120]) + f" case {i}"
+                recent = (recent + [text])[-1000:]
+                ids.append(f"r{i:08d}")
+                ps.append(prompts[i % len(prompts)])
+                rs.append(text)
+            w.write_table(pa.table({"id": ids, "prompt": ps, "response": rs}, schema=schema))
+    con = duckdb.connect(str(wh_path))
+    con.execute("CREATE TABLE sft_candidates AS SELECT id, 'bench' AS source, 'bench' AS section, prompt, "
+                "[{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': response}] AS messages, "
+                "NULL::VARCHAR AS gold_answer, NULL::MAP(VARCHAR, VARCHAR) AS options, 'en' AS language, "
+                "NULL::JSON AS meta, 'bench' AS origin, NULL::JSON AS provenance, "
+                "row_number() OVER (ORDER BY id) AS cand_order FROM read_parquet(?)", [str(staged)])
+    # eval items: the real bundled eval sets
+    from _texts import eval_texts
+    ev = eval_texts()
+    con.execute("CREATE TABLE eval_items (id VARCHAR, source VARCHAR, prompt VARCHAR, meta JSON)")
+    con.executemany("INSERT INTO eval_items VALUES (?, ?, ?, ?)",
+                    [[i, s, t[-1], json.dumps({"question": t[0]})] for s, i, t in ev])
+    con.close()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    stages = [sft_deduped, sft_decontaminated] if with_decontam else [sft_deduped]
+    res = dg.materialize(stages, resources={"warehouse": Warehouse(path=str(wh_path),
+                                                                                                memory_limit="1GB")})
+    assert res.success
+    elapsed = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": rows, "peak_rss_mb": round(peak), "rss_before_stages_mb": round(base_rss),
+                      "seconds": round(elapsed, 1)}))
+
+
+def run(rows: int, with_decontam: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run([sys.executable, __file__, "--child", str(rows), tmp, str(int(with_decontam))],
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr[-3000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1")
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--small", type=int, default=100_000)
+    ap.add_argument("--decontam", action="store_true",
+                    help="also run sft_decontaminated (its exact fuzzy step costs ~10 ms per prompt on 2 cores)")
+    args = ap.parse_args()
+    small, big = run(args.small, args.decontam), run(args.rows, args.decontam)
+    print(f"stages={'sft_deduped+sft_decontaminated' if args.decontam else 'sft_deduped'} rows_small={small['rows']} rows={big['rows']} peak_rss_mb_small={small['peak_rss_mb']} "
+          f"peak_rss_mb={big['peak_rss_mb']} rss_growth={big['peak_rss_mb'] / small['peak_rss_mb']:.2f} "
+          f"seconds_small={small['seconds']} seconds={big['seconds']} rows_per_s={big['rows'] / big['seconds']:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Step 2 of decontamination: FuzzyIndex (length window + character-count bound + rapidfuzz score_cutoff on the
+survivors) against brute-force rapidfuzz `process.cdist` over every prompt × eval text, same flags required.
+
+Prompts: real clean prompts (ChatDoctor, GSM8K, non-medical MMLU, MedQuAD) plus lightly edited copies of eval
+questions, cycled to --prompts. Eval texts: every bundled eval item as bare question and as question + options.
+Brute force over all --prompts would take hours on 2 cores; it runs on a random --baseline-prompts subset (its
+cost is exactly linear in the number of prompts), flags are compared on that subset, and its full time is that
+subset's time scaled. Final line: prompts=... eval_texts=... ours_s=... brute_force_s_est=... ratio=... identical=..."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+from _texts import clean_prompts, eval_texts
+
+from iimed_assets.core import decontam
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=50_000)
+    ap.add_argument("--baseline-prompts", type=int, default=2000)
+    ap.add_argument("--threshold", type=float, default=80.0)
+    args = ap.parse_args()
+    rng = random.Random(0)
+    evals = [t for _, _, texts in eval_texts() for t in texts]
+    base = clean_prompts()
+    copies = []
+    for t in rng.sample(evals, 2000):
+        chars = list(t)
+        for _ in range(rng.randint(0, max(1, len(chars) // 5))):
+            chars[rng.randrange(len(chars))] = rng.choice("abcdefghij ")
+        copies.append("".join(chars))
+    pool = base + copies
+    prompts = [pool[i % len(pool)] for i in range(args.prompts)]
+    rng.shuffle(prompts)
+
+    t = time.perf_counter()
+    index = decontam.FuzzyIndex(evals, args.threshold)
+    hits = index.match_batch(prompts)
+    ours = time.perf_counter() - t
+    flags = [h is not None for h in hits]
+
+    from rapidfuzz import fuzz, process
+    from rapidfuzz.utils import default_process
+
+    subset = sorted(rng.sample(range(len(prompts)), min(args.baseline_prompts, len(prompts))))
+    processed_evals = [default_process(e) for e in evals]
+    t = time.perf_counter()
+    m = process.cdist([default_process(prompts[i]) for i in subset], processed_evals, scorer=fuzz.ratio,
+                      processor=None, score_cutoff=args.threshold, dtype=np.float32)
+    brute_subset = time.perf_counter() - t
+    brute = list((m >= args.threshold).any(axis=1))
+    identical = brute == [flags[i] for i in subset]
+    est = brute_subset * len(prompts) / len(subset)
+    print(f"prompts={len(prompts)} eval_texts={len(evals)} flagged={sum(flags)} "
+          f"pairs_brute={len(prompts) * len(evals)} pairs_in_length_window={index.pairs_in_window} "
+          f"pairs_scored={index.pairs_scored} baseline_subset={len(subset)} baseline_subset_s={brute_subset:.1f} "
+          f"ours_s={ours:.1f} brute_force_s_est={est:.0f} ratio={est / ours:.1f} identical={identical}")
+
+
+if __name__ == "__main__":
+    main()
