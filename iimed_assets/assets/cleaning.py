@@ -313,12 +313,11 @@ def eval_index_items(warehouse: Warehouse) -> list[decontam.EvalItem]:
     return items
 
 
-def contamination_rate(warehouse: Warehouse, table: str, items: list[decontam.EvalItem], config: DecontamConfig
-                       ) -> tuple[int, int, list[str]]:
+def contamination_rate(warehouse: Warehouse, table: str, index: decontam.NgramIndex,
+                       batch_rows: int = 2000) -> tuple[int, int, list[str]]:
     """Re-run the 8-gram test over a stored table: (rows, contaminated rows, example ids)."""
-    index = decontam.NgramIndex(items, config.ngram, config.max_item_df, config.min_shared)
     total, bad, examples = 0, 0, []
-    for batch in warehouse.iter_ordered(table, ["cand_order", "id", "prompt"], "cand_order", batch_rows=config.batch_rows):
+    for batch in warehouse.iter_ordered(table, ["cand_order", "id", "prompt"], "cand_order", batch_rows=batch_rows):
         total += len(batch)
         hits = index.match_batch([decontam.strip_boilerplate(r["prompt"]) for r in batch])
         for r, h in zip(batch, hits):
@@ -405,7 +404,7 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
                        "ORDER BY cand_order", params=[str(stage.ledger.path)])
     written = _count(warehouse, "sft_decontaminated")
     ledger = warehouse.ledger_counts("sft_decontaminated")
-    total, bad, bad_examples = contamination_rate(warehouse, "sft_decontaminated", items, config)
+    total, bad, bad_examples = contamination_rate(warehouse, "sft_decontaminated", ngram_index, config.batch_rows)
     warehouse.record_stage("sft_decontaminated", context.run.run_id, config.model_dump(),
                            {"rows_in": n, "eval_items": len(items), "removed_by_step": dict(by_step),
                             "removed_by_eval_set": dict(by_set)})
@@ -489,9 +488,8 @@ def sft_final(context: dg.AssetExecutionContext, config: FinalConfig, warehouse:
     ledgered = {a: sum(warehouse.ledger_counts(a).values()) for a in CLEANING_ASSETS}
     conserved = candidates == total + sum(ledgered.values())
     items = eval_index_items(warehouse)
-    rate = contamination_rate(warehouse, "sft_final", items,
-                              DecontamConfig(ngram=config.ngram, max_item_df=config.max_item_df,
-                                             min_shared=config.min_shared))
+    rate = contamination_rate(warehouse, "sft_final", decontam.NgramIndex(
+        items, config.ngram, config.max_item_df, config.min_shared))
     too_few = total < config.min_rows
     too_many = config.max_rows is not None and total > config.max_rows
     per_section = {s: t + v for s, t, v in by_section}

@@ -283,8 +283,7 @@ def verify_prompt_samples(row: dict, samples: list[dict]) -> dict[int, qa.Sample
     """Deterministic verdicts for every sample of one prompt; free-form samples come back as 'to_judge'."""
     out = {}
     for s in samples:
-        kind = {"choice": qa.MCQ, "label": qa.YES_NO, "judge": qa.FREE_FORM}[s["verify_method"]]
-        out[s["sample_index"]] = qa.check_sample(kind, s["response"] or "", s["finish_reason"], gold=s["reference"],
+        out[s["sample_index"]] = qa.check_sample(qa.KIND_BY_METHOD[s["verify_method"]], s["response"] or "", s["finish_reason"], gold=s["reference"],
                                                  options=_options(row))
     return out
 
@@ -429,8 +428,7 @@ def recheck_kept(warehouse: Warehouse, source: str) -> tuple[int, int, list[str]
         if method == "judge":
             ok = stored == qa.Verdict.CORRECT and qa.format_gate(response, finish) is None
         else:
-            kind = qa.MCQ if method == "choice" else qa.YES_NO
-            ok = qa.check_sample(kind, response, finish, gold=reference, options=opts).verdict == qa.Verdict.CORRECT
+            ok = qa.check_sample(qa.KIND_BY_METHOD[method], response, finish, gold=reference, options=opts).verdict == qa.Verdict.CORRECT
         if not ok:
             failing.append(rid)
     return len(rows), len(failing), failing[:10]

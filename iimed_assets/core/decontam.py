@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -307,12 +306,3 @@ def fuzzy_contaminated(texts: Sequence[str], eval_texts: Sequence[str], *, thres
     text: the brute-force answer, computed on length-blocked candidates only."""
     index = FuzzyIndex(eval_texts, threshold)
     return [hit is not None for hit in index.match_batch(texts)]
-
-
-def common_ngrams(items: Iterable[EvalItem], n: int = 8, top: int = 20) -> list[tuple[str, int]]:
-    """The n-grams shared by the most eval items (what `max_item_df` leaves out), for the docs and the UI."""
-    counts: Counter = Counter()
-    for item in items:
-        words = normalized_words(item.texts[0])
-        counts.update({" ".join(words[i:i + n]) for i in range(max(len(words) - n + 1, 0))})
-    return counts.most_common(top)

@@ -217,11 +217,11 @@ def near_duplicates(texts: Iterable[str], *, ngram: int = 4, threshold: float = 
                     seed: int = 1) -> DedupResult:
     """In-memory greedy dedup in input order (for notebooks and tests; the asset runs the same rule with its
     buckets in DuckDB). Only kept texts enter the LSH buckets, so a text is compared with earlier *kept* ones."""
-    texts = list(texts)
-    hasher = _WordHasher()
-    sets = [shingle_hashes(t, ngram, hasher) for t in texts]
+    hashes, counts = shingle_batch(list(texts), ngram)
+    ends = np.cumsum(counts)
+    sets = [np.unique(hashes[e - c:e]) for e, c in zip(ends.tolist(), counts.tolist())]
     bands, rows = lsh_params(num_perm, threshold)
-    keys = band_keys(MinHasher(num_perm, seed).signatures_of(texts, ngram, hasher), bands, rows)
+    keys = band_keys(MinHasher(num_perm, seed).signatures(hashes, counts), bands, rows)
     buckets: dict[int, list[int]] = {}
     drop = [False] * len(sets)
     matches: dict[int, tuple[int, float]] = {}

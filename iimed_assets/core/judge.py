@@ -49,11 +49,17 @@ def neutralise(text: str) -> str:
     return _BRACKETS_RE.sub(lambda m: "[ [" if m.group(0).startswith("[") else "] ]", text)
 
 
+def guarded_messages(system: str, template: str, question: str, reference: str, answer: str) -> list[dict[str, str]]:
+    """A judge request from a template with {question}, {reference} and {answer}: every untrusted field is
+    stripped and neutralised before it is put between its tags."""
+    body = template.format(question=neutralise(question.strip()), reference=neutralise(reference.strip()),
+                           answer=neutralise(answer.strip()))
+    return [{"role": "system", "content": system}, {"role": "user", "content": body}]
+
+
 def judge_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
     """The judge request: every untrusted field delimited and neutralised."""
-    body = JUDGE_TEMPLATE.format(question=neutralise(question.strip()), reference=neutralise(reference.strip()),
-                                 answer=neutralise(answer.strip()))
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
+    return guarded_messages(JUDGE_SYSTEM, JUDGE_TEMPLATE, question, reference, answer)
 
 
 _SCORE_RE = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?\]\]")

@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from iimed_assets.core.answers import answer_part, extract_choice
-from iimed_assets.core.judge import neutralise
+from iimed_assets.core.judge import guarded_messages
 
 MCQ, YES_NO, FREE_FORM = "mcq", "yes_no", "free_form"
+# how a stored verify method reads an answer (qa_samples.verify_method)
+KIND_BY_METHOD = {"choice": MCQ, "label": YES_NO, "judge": FREE_FORM}
 YES_NO_LABELS = ("yes", "no", "maybe")
 
 # ---- generation templates ------------------------------------------------------------------------------
@@ -221,9 +223,7 @@ _VERDICT_WORD = re.compile(r"verdict\s*[:\-]?\s*\**\s*(correct|incorrect)\b", re
 
 
 def verification_messages(question: str, reference: str, answer: str) -> list[dict[str, str]]:
-    body = VERIFY_TEMPLATE.format(question=neutralise(question.strip()), reference=neutralise(reference.strip()),
-                                  answer=neutralise(answer.strip()))
-    return [{"role": "system", "content": VERIFY_SYSTEM}, {"role": "user", "content": body}]
+    return guarded_messages(VERIFY_SYSTEM, VERIFY_TEMPLATE, question, reference, answer)
 
 
 def parse_verdict(text: str) -> bool | None:
