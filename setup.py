@@ -39,7 +39,7 @@ setup(
     extras_require={
         # GPU-only engines; vllm pins its own torch, so keep it out of the default install.
         "gpu": ["vllm>=0.8", "faiss-gpu>=1.10"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "playwright>=1.45"],
     },
     entry_points={"console_scripts": ["iimed-assets=iimed_assets.cli:main"]},
 )

@@ -1,4 +1,5 @@
 """`iimed-assets materialize`: run every partition of every asset, in graph order, in this process.
+`iimed-assets dev`: the Dagster UI + daemon (`dagster dev`) on the same instance.
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: ./.dagster_home in the
 checkout), so `dagster dev` shows them afterwards. This is the one-command default run on the bundled
@@ -9,15 +10,33 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import time
 from pathlib import Path
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def _default_dagster_home() -> Path:
-    repo = Path(__file__).resolve().parents[1]
-    base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
+    base = REPO if (REPO / "pyproject.toml").exists() else Path.cwd()
     return base / ".dagster_home"
+
+
+def prepare_dagster_home() -> Path:
+    """$DAGSTER_HOME (default ./.dagster_home), seeded with the project dagster.yaml when it has none."""
+    os.environ.setdefault("DAGSTER_HOME", str(_default_dagster_home()))
+    home = Path(os.environ["DAGSTER_HOME"]).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    project_yaml = REPO / ".dagster_home" / "dagster.yaml"
+    instance_yaml = home / "dagster.yaml"
+    if project_yaml.exists() and not instance_yaml.exists():
+        shutil.copyfile(project_yaml, instance_yaml)
+        print(f"instance settings: copied {project_yaml} -> {instance_yaml}", file=sys.stderr)
+    elif project_yaml.exists() and instance_yaml.read_bytes() != project_yaml.read_bytes():
+        print(f"instance settings: {instance_yaml} differs from the project's {project_yaml} (kept yours)",
+              file=sys.stderr)
+    return home
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     mat.add_argument("--assets", nargs="*", help="asset names (default: all, in graph order)")
     mat.add_argument("--partitions", nargs="*", help="only these partition keys")
     sub.add_parser("sources", help="list the source registry")
+    dev = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on this project's instance")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", default="3000")
     args = parser.parse_args(argv)
 
     if args.command == "sources":
@@ -38,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{spec.section:17} {spec.name:32} {catalog.origin(spec.name)}")
         return 0
 
-    os.environ.setdefault("DAGSTER_HOME", str(_default_dagster_home()))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = prepare_dagster_home()
+    if args.command == "dev":
+        dagster = Path(sys.executable).with_name("dagster")
+        cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-h", args.host, "-p", str(args.port),
+               "-m", "iimed_assets.definitions"]
+        print(f"DAGSTER_HOME={home} {' '.join(cmd)}", file=sys.stderr, flush=True)
+        os.execvp(cmd[0], cmd)
 
     import dagster as dg
 
@@ -49,33 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.assets and len(selected) != len(args.assets):
         known = ", ".join(a.key.to_user_string() for a in MATERIALIZE_ORDER)
         parser.error(f"unknown asset in {args.assets}; known: {known}")
-    failures = []
-    with dg.DagsterInstance.get() as instance:
-        for asset in selected:
-            name = asset.key.to_user_string()
-            keys = asset.partitions_def.get_partition_keys() if asset.partitions_def else [None]
-            for key in keys:
-                if args.partitions and key not in args.partitions:
-                    continue
-                started = time.perf_counter()
-                result = dg.materialize([asset], partition_key=key, instance=instance,
-                                        resources=default_resources(), raise_on_error=False)
-                rows = "-"
-                for event in result.get_asset_materialization_events():
-                    md = event.materialization.metadata
-                    if "dagster/row_count" in md:
-                        rows = md["dagster/row_count"].value
+    from iimed_assets.runner import materialize_in_order
 
-                evaluations = [e for e in result.get_asset_check_evaluations() if not e.passed]
-                failed_checks = [e.check_name for e in evaluations if e.severity == dg.AssetCheckSeverity.ERROR]
-                warned = [e.check_name for e in evaluations if e.severity == dg.AssetCheckSeverity.WARN]
-                status = "FAILED" if not result.success or failed_checks else ("warn" if warned else "ok")
-                if status == "FAILED":
-                    failures.append((name, key, failed_checks))
-                notes = (" failed checks: " + ",".join(failed_checks) if failed_checks else "") + \
-                        (" warnings: " + ",".join(warned) if warned else "")
-                print(f"{status:6} {name:24} {key or '':32} rows={rows!s:>7} {time.perf_counter() - started:6.1f}s{notes}",
-                      flush=True)
+    with dg.DagsterInstance.get() as instance:
+        outcomes = materialize_in_order(selected, instance=instance, resources=default_resources(),
+                                        partitions=args.partitions, log=lambda line: print(line, flush=True))
+    failures = [o for o in outcomes if o.status == "FAILED"]
     print(f"\n{len(failures)} failed partition runs" if failures else "\nall partitions materialized")
     return 1 if failures else 0
 

@@ -9,9 +9,12 @@ from iimed_assets.assets.cleaning import CLEANING
 from iimed_assets.assets.instruct import instruct_judged, instruct_responses
 from iimed_assets.assets.qa import qa_samples, qa_verified
 from iimed_assets.assets.sources import SOURCE_ASSETS
+from iimed_assets.jobs import full_graph, section_jobs
+from iimed_assets.resources.alerts import AlertWebhook
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.llm_config import llm_from_env
 from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.sensors import failure_alerts
 
 
 def default_resources() -> dict[str, object]:
@@ -26,7 +29,12 @@ def default_resources() -> dict[str, object]:
 
 STAGE_ASSETS = [qa_samples, qa_verified, instruct_responses, instruct_judged, *CLEANING]
 
-defs = dg.Definitions(assets=[*SOURCE_ASSETS, *STAGE_ASSETS], resources=default_resources())
+defs = dg.Definitions(
+    assets=[*SOURCE_ASSETS, *STAGE_ASSETS],
+    jobs=[*section_jobs(), full_graph],
+    sensors=[failure_alerts],
+    resources={**default_resources(), "alerts": AlertWebhook()},
+)
 
-# Graph order for `iimed-assets materialize` (sources first; later stages append here).
+# Graph order for `iimed-assets materialize` and the full_graph job (sources first, then the stages).
 MATERIALIZE_ORDER = [*SOURCE_ASSETS, *STAGE_ASSETS]

@@ -58,6 +58,32 @@ def test_concurrency_is_bounded():
     assert elapsed < 16 * 0.2  # ran in parallel, not one by one
 
 
+def test_fleet_spreads_prompts_and_keeps_each_prompt_on_one_server():
+    with LoopbackOpenAI() as a, LoopbackOpenAI() as b:
+        llm = OpenAICompatibleLLM(base_urls=[a.url, b.url], model="scripted", max_retries=2, backoff_base_s=0.01)
+        out, stats = llm.generate(_reqs(10, n=2, seed=3))
+        assert a.requests == 5 and b.requests == 5  # prompt i goes to server i mod 2
+        assert {c.last_user for c in a.calls}.isdisjoint({c.last_user for c in b.calls})
+    assert all(len(o) == 2 and all(c.ok for c in o) for o in out) and stats.samples == 20
+
+
+def test_fleet_fails_over_when_a_server_is_down():
+    with LoopbackOpenAI() as up:
+        with LoopbackOpenAI() as down:
+            dead_url = down.url
+        llm = OpenAICompatibleLLM(base_urls=[dead_url, up.url], model="scripted", max_retries=2, backoff_base_s=0.01)
+        out, stats = llm.generate(_reqs(6))
+        assert up.requests == 6  # every prompt answered by the live server
+    assert all(o[0].ok for o in out) and stats.retries == 3  # the 3 prompts homed on the dead server moved
+
+
+def test_fleet_from_a_comma_separated_base_url():
+    from iimed_assets.resources.llm_config import llm_from_env
+
+    llm = llm_from_env("X", {"X_BACKEND": "openai", "X_MODEL": "m", "X_BASE_URL": "http://a:8000/v1, http://b:8000/v1"})
+    assert llm.server_urls() == ["http://a:8000/v1", "http://b:8000/v1"] and llm.model_id == "openai-compatible:m"
+
+
 def test_429_honours_retry_after():
     with LoopbackOpenAI() as s:
         s.script = lambda call: Reply.error(429, retry_after=0.5) if call.number == 1 else None

@@ -75,6 +75,21 @@ def _preview(warehouse: Warehouse, table: str) -> str:
     return markdown_table(["id", "source", "prompt", "response"], rows, 160)
 
 
+def _funnel_markdown(warehouse: Warehouse, section_rows: int, final_rows: int) -> str:
+    """Rows through the cleaning stages, with each stage's ledger reasons, as a table and a bar chart."""
+    steps: list[tuple[str, int, str]] = [("section tables", section_rows, "")]
+    for asset in CLEANING_ASSETS:
+        ledger = warehouse.ledger_counts(asset)
+        rows = _count(warehouse, asset)
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(ledger.items(), key=lambda kv: -kv[1]))
+        steps.append((asset, rows, reasons or "-"))
+    steps.append(("sft_final", final_rows, "-"))
+    table_md = markdown_table(["stage", "rows", "removed (ledger reason: rows)"],
+                              [(name, f"{rows:,}", why) for name, rows, why in steps])
+    plot = histogram_png_markdown({name: rows for name, rows, _ in steps}, "rows through cleaning", "stage")
+    return table_md + "\n\n" + plot
+
+
 # ---- sft_candidates -------------------------------------------------------------------------------------------
 
 @dg.asset(
@@ -281,6 +296,7 @@ def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehous
             "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(ledger, "reason")),
             "examples_dropped": dg.MetadataValue.md(markdown_table(["row", "detail", "response"], examples, 160)),
             "rows_by_source": dg.MetadataValue.md(_breakdown(warehouse, "sft_deduped")),
+            "preview": dg.MetadataValue.md(_preview(warehouse, "sft_deduped")),
         },
         check_results=[checks.rows_conserved(n, written, sum(ledger.values()))],
     )
@@ -426,6 +442,7 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             "examples_removed": dg.MetadataValue.md(markdown_table(["step", "eval set", "prompt", "evidence"], examples, 160)),
             "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(ledger, "reason")),
             "rows_by_source": dg.MetadataValue.md(_breakdown(warehouse, "sft_decontaminated")),
+            "preview": dg.MetadataValue.md(_preview(warehouse, "sft_decontaminated")),
         },
         check_results=[checks.rows_conserved(n, written, sum(ledger.values())),
                        _contamination_check(total, bad, bad_examples)],
@@ -503,6 +520,7 @@ def sft_final(context: dg.AssetExecutionContext, config: FinalConfig, warehouse:
             "rows_by_source": dg.MetadataValue.md(markdown_table(["section", "source", "train", "validation"], by_source)),
             "section_plot": dg.MetadataValue.md(histogram_png_markdown(per_section, "final rows by section", "section")
                                                 if per_section else "_(no rows)_"),
+            "cleaning_funnel": dg.MetadataValue.md(_funnel_markdown(warehouse, candidates, total)),
             "preview": dg.MetadataValue.md(_preview(warehouse, "sft_final")),
         },
         check_results=[

@@ -17,6 +17,10 @@ from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_COLUMN_DESCRIPT
 from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
 from iimed_assets.sources.ingest import BatchWriter
 
+# Concurrency pool of the GPU-bound assets (local vLLM generation/judging, embeddings, K-means). The
+# project dagster.yaml gives every pool one slot, so concurrent runs queue on the device.
+GPU_POOL = "gpu"
+
 
 @dataclass
 class StagedPartition:

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from iimed_assets import checks
 from iimed_assets.assets.common import (
+    GPU_POOL,
     histogram_markdown,
     staged_partition,
     histogram_png_markdown,
@@ -85,7 +86,7 @@ def _prompt_turns(messages: list[dict]) -> list[dict]:
     partitions_def=instruct_partitions,
     group_name="instruct",
     kinds={"duckdb", "llm"},
-    pool="llm",
+    pool=GPU_POOL,
     deps=["instruct_prompt_rows"],
     check_specs=[dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="instruct_responses", blocking=True,
                                    description="Every prompt has a response or a ledger row.")],
@@ -160,7 +161,7 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
     partitions_def=instruct_partitions,
     group_name="instruct",
     kinds={"duckdb", "llm"},
-    pool="llm",
+    pool=GPU_POOL,
     deps=["instruct_responses"],
     check_specs=[
         dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="instruct_judged", blocking=True,

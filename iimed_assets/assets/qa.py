@@ -18,6 +18,7 @@ from pydantic import Field
 
 from iimed_assets import checks
 from iimed_assets.assets.common import (
+    GPU_POOL,
     Progress,
     histogram_markdown,
     histogram_png_markdown,
@@ -150,7 +151,7 @@ def plan_seed(row) -> tuple[str, str, str, list[dict[str, str]]] | str:
     partitions_def=qa_seed_partitions,
     group_name="qa",
     kinds={"duckdb", "llm"},
-    pool="llm",
+    pool=GPU_POOL,
     deps=["qa_seed_rows"],
     check_specs=[
         dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="qa_samples", blocking=True,
@@ -292,7 +293,7 @@ def verify_prompt_samples(row: dict, samples: list[dict]) -> dict[int, qa.Sample
     partitions_def=qa_seed_partitions,
     group_name="qa",
     kinds={"duckdb", "llm"},
-    pool="llm",
+    pool=GPU_POOL,
     deps=["qa_samples"],
     check_specs=[
         dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="qa_verified", blocking=True,

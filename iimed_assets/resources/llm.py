@@ -214,9 +214,13 @@ class OpenAICompatibleLLM(LLMResource):
     """Any OpenAI-compatible chat-completions server: vLLM, SGLang, OpenAI (the GPT-4o judge)."""
 
     base_url: str = Field(default="http://127.0.0.1:8000/v1", description="server URL including /v1")
+    base_urls: list[str] = Field(
+        default_factory=list,
+        description="a fleet of servers serving the same model (overrides base_url): each prompt goes to one "
+                    "server (its samples share that server's prefix cache); a retry moves to the next server")
     model: str = Field(description="model name the server knows")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="env var holding the API key (never config)")
-    max_concurrency: int = Field(default=32, description="requests in flight")
+    max_concurrency: int = Field(default=32, description="requests in flight per server")
     timeout_s: float = Field(default=600.0, description="per-request timeout")
     max_retries: int = Field(default=6, description="retries on 429, 5xx, timeouts, connection and body errors")
     backoff_base_s: float = Field(default=1.0, description="first backoff; doubles per retry, with jitter")
@@ -234,22 +238,26 @@ class OpenAICompatibleLLM(LLMResource):
         import openai
 
         api_key = os.environ.get(self.api_key_env) or "EMPTY"  # local vLLM servers accept any key
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=self.timeout_s, max_retries=0)
-        sem = asyncio.Semaphore(self.max_concurrency)
+        servers = [_Server(openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=self.timeout_s, max_retries=0),
+                           asyncio.Semaphore(self.max_concurrency)) for url in self.server_urls()]
         try:
-            await asyncio.gather(*(self._one(client, sem, item, on_done, stats) for item in work))
+            await asyncio.gather(*(self._one(servers, item, on_done, stats) for item in work))
         finally:
-            await client.close()
+            for server in servers:
+                await server.client.close()
 
-    async def _one(self, client: Any, sem: asyncio.Semaphore, item: WorkItem, on_done: OnDone,
-                   stats: UsageStats) -> None:
+    def server_urls(self) -> list[str]:
+        urls = [u.strip() for u in self.base_urls if u.strip()] or [self.base_url]
+        return list(dict.fromkeys(urls))
+
+    async def _one(self, servers: list["_Server"], item: WorkItem, on_done: OnDone, stats: UsageStats) -> None:
         remaining = list(item.sample_indices)
         groups = [remaining] if self.supports_n else [[i] for i in remaining]
         for group in groups:
             left = list(group)
             while left:
                 n = len(left)
-                completions, error = await self._call(client, sem, item.request, n,
+                completions, error = await self._call(servers, item.index, item.request, n,
                                                       sample_seed(item.request.seed, left[0]), stats)
                 if completions is None:  # gave up: record the failure for every sample of this call
                     for si in left:
@@ -260,9 +268,13 @@ class OpenAICompatibleLLM(LLMResource):
                 # A server that ignores n returns fewer choices: ask again for the rest.
                 left = left[len(completions):]
 
-    async def _call(self, client: Any, sem: asyncio.Semaphore, req: ChatRequest, n: int, seed: int | None,
+    async def _call(self, servers: list["_Server"], home: int, req: ChatRequest, n: int, seed: int | None,
                     stats: UsageStats) -> tuple[list[Completion] | None, str]:
-        """One chat.completions call with retries: (completions, "") or (None, why it failed)."""
+        """One chat.completions call with retries: (completions, "") or (None, why it failed).
+
+        Attempt k goes to server (home + k) mod len(servers): a prompt stays on one server while it
+        answers, and a retry after a 429, 5xx, timeout or dropped connection tries the next one.
+        """
         import openai
 
         params: dict[str, Any] = {"model": self.model, "messages": req.message_dicts(), "n": n,
@@ -274,12 +286,13 @@ class OpenAICompatibleLLM(LLMResource):
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
             try:
-                async with sem:
+                server = servers[(home + attempt) % len(servers)]
+                async with server.sem:
                     stats.requests += 1
                     # The low-level post skips the SDK's per-request type transform and model
                     # construction (~8 ms of CPU per call here), keeping the SDK's HTTP stack, auth
                     # and error types; the body is checked by _parse_choices instead.
-                    resp = await client.post("/chat/completions", body=params, cast_to=dict)
+                    resp = await server.client.post("/chat/completions", body=params, cast_to=dict)
                 return _parse_choices(resp, n), ""
             except openai.RateLimitError as exc:
                 retry_after = _retry_after(exc)
@@ -299,6 +312,12 @@ class OpenAICompatibleLLM(LLMResource):
             delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt) * (0.5 + random.random())
             await asyncio.sleep(max(delay, retry_after) if retry_after is not None else delay)
         return None, "no attempt made"
+
+
+@dataclass
+class _Server:
+    client: Any
+    sem: asyncio.Semaphore
 
 
 def _retry_after(exc: Any) -> float | None:

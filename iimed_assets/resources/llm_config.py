@@ -3,7 +3,7 @@
 
     IIMED_LLM_BACKEND=llamacpp|openai|vllm      (generation: `llm`)
     IIMED_JUDGE_BACKEND=llamacpp|openai|vllm    (the judge: `judge`)
-    <PREFIX>_MODEL, <PREFIX>_BASE_URL, <PREFIX>_API_KEY_ENV, <PREFIX>_MAX_CONCURRENCY,
+    <PREFIX>_MODEL, <PREFIX>_BASE_URL (comma-separated: a fleet), <PREFIX>_API_KEY_ENV, <PREFIX>_MAX_CONCURRENCY,
     <PREFIX>_USD_PER_1M_PROMPT, <PREFIX>_USD_PER_1M_COMPLETION, <PREFIX>_TENSOR_PARALLEL
 """
 
@@ -28,7 +28,9 @@ def llm_from_env(prefix: str = "IIMED_LLM", env: dict[str, str] | None = None) -
         model = get("MODEL")
         if not model:
             raise ValueError(f"{prefix}_BACKEND=openai needs {prefix}_MODEL")
-        return OpenAICompatibleLLM(base_url=get("BASE_URL", "http://127.0.0.1:8000/v1"), model=model,
+        # A comma-separated BASE_URL is a fleet: prompts are spread over the servers, retries fail over.
+        urls = [u.strip() for u in get("BASE_URL", "http://127.0.0.1:8000/v1").split(",") if u.strip()]
+        return OpenAICompatibleLLM(base_url=urls[0], base_urls=urls if len(urls) > 1 else [], model=model,
                                    api_key_env=get("API_KEY_ENV", "OPENAI_API_KEY"),
                                    max_concurrency=int(get("MAX_CONCURRENCY", 32)), **prices)
     if backend == "vllm":
