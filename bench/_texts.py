@@ -81,3 +81,52 @@ def eval_texts() -> list[tuple[str, str, tuple[str, ...]]]:
                 bare = bare[len(ctx):].strip()
             out.append((spec.name, row["id"], tuple(dict.fromkeys([bare, row["prompt"]]))))
     return out
+
+
+# ---- labelled prompts for the section-3 domain filter -----------------------------------------------------
+
+def _mmlu_domain(subject: str) -> str:
+    from iimed_assets.core.domains import MMLU_MEDICAL_BIOLOGY
+
+    if subject in MMLU_MEDICAL_BIOLOGY:
+        return "Biology" if "biology" in subject or subject == "medical_genetics" else "Medical"
+    rules = [("math|algebra|statistics", "Mathematics"), ("computer|machine_learning|security", "Computer Science"),
+             ("physics|astronomy", "Physics"), ("chemistry", "Chemistry"), ("law|jurisprudence", "Law"),
+             ("econom|accounting|marketing|management|business", "Economics"), ("psychology", "Psychology"),
+             ("history|prehistory", "History"), ("philosophy|moral|logic|ethics|religions", "Philosophy"),
+             ("engineering", "Engineering")]
+    import re
+
+    for pattern, domain in rules:
+        if re.search(pattern, subject):
+            return domain
+    return "Other"
+
+
+def labelled_domain_prompts(per_set: int = 150, per_mmlu_subject: int = 20) -> list[tuple[str, str, str]]:
+    """(set, true domain, prompt) from ../shared/data: all 57 MMLU subjects (medical/biology subjects per
+    core.domains.MMLU_MEDICAL_BIOLOGY), GSM8K, MBPP, HumanEval, MATH-500, ARC, and medical sets."""
+    out: list[tuple[str, str, str]] = []
+    by_subject: dict[str, int] = {}
+    for part in ("test_stem", "test_humanities", "test_social_sciences", "test_other"):
+        for r in _jsonl(f"mmlu_all/{part}.jsonl"):
+            if by_subject.get(r["subject"], 0) < per_mmlu_subject:
+                by_subject[r["subject"]] = by_subject.get(r["subject"], 0) + 1
+                out.append((f"mmlu:{r['subject']}", _mmlu_domain(r["subject"]), r["question"]))
+    sets = [
+        ("gsm8k", "Mathematics", "gsm8k/test.jsonl", lambda r: r["question"]),
+        ("math500", "Mathematics", "math500/test.jsonl", lambda r: r["problem"]),
+        ("mbpp", "Computer Science", "mbpp/mbpp.jsonl", lambda r: r["text"]),
+        ("humaneval", "Computer Science", "humaneval/HumanEval.jsonl", lambda r: r["prompt"]),
+        ("arc", "Other", "arc/ARC-Challenge-Test.jsonl", lambda r: r["question"]["stem"]),
+        ("medqa", "Medical", "medqa/test_4options.jsonl", lambda r: r["question"]),
+        ("medmcqa", "Medical", "medmcqa/dev.jsonl", lambda r: r["question"]),
+        ("pubmedqa", "Medical", "pubmedqa/ori_pqal.jsonl", lambda r: r["QUESTION"]),
+        ("medxpertqa", "Medical", "medxpertqa/text_reasoning_test.jsonl", lambda r: r["question"]),
+        ("medquad", "Medical", "medquad/medquad_first200_per_source.jsonl", lambda r: r["question"]),
+    ]
+    for name, domain, rel, get in sets:
+        rows = _jsonl(rel)
+        step = max(1, len(rows) // per_set)
+        out += [(name, domain, get(r)) for r in rows[::step][:per_set]]
+    return [(s, d, p) for s, d, p in out if p and p.strip()]

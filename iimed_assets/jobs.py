@@ -21,7 +21,8 @@ SECTION_JOBS_SPEC: dict[str, tuple[str, list[str]]] = {
         "Section 2: QA seeds → n samples per prompt → verified shortest correct sample, per seed source.",
         ["qa_seed_rows", "qa_samples", "qa_verified"]),
     "section3_r1_domain_filter": (
-        "Section 3: public R1 traces → medical/biology domain filter.", ["r1_trace_rows"]),
+        "Section 3: public R1 traces → prompt embeddings → K-means → LLM domain vote → medical/biology traces.",
+        ["r1_trace_rows", "r1_prompt_embeddings", "r1_clusters", "r1_cluster_domains", "r1_medical_traces"]),
     "section4_instruct": (
         "Section 4: instruction prompts → responses → judged and kept, per source.",
         ["instruct_prompt_rows", "instruct_responses", "instruct_judged"]),

@@ -95,7 +95,7 @@ def _funnel_markdown(warehouse: Warehouse, section_rows: int, final_rows: int) -
 @dg.asset(
     group_name="cleaning",
     kinds={"duckdb"},
-    deps=["public_reasoning_rows", "qa_verified", "instruct_judged"],
+    deps=["public_reasoning_rows", "qa_verified", "r1_medical_traces", "instruct_judged"],
     check_specs=[dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="sft_candidates", blocking=True,
                                    description="Every row of every section table is a candidate or ledgered "
                                                "(no_response).")],

@@ -206,16 +206,20 @@ class Warehouse(dg.ConfigurableResource):
 
     def replace_table(self, *, table: str, asset: str, select_sql: str, params: Sequence[Any],
                       ledger_path: Path | None, run_id: str | None, partition: str = "all",
-                      ledger_sql: str | None = None, ledger_params: Sequence[Any] = ()) -> None:
+                      ledger_sql: str | None = None, ledger_params: Sequence[Any] = (),
+                      side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
         """Replace a whole (unpartitioned) stage table and its ledger rows in one transaction. Ledger rows come
         from a staged Parquet file and/or `ledger_sql` (a select of row_id, reason, detail), in the same
-        transaction, so they are read from the same snapshot as the table."""
-        table = check_identifier(table)
+        transaction, so they are read from the same snapshot as the table. `side_tables` are (table,
+        select_sql, params) replaced in the same transaction (e.g. cluster centroids beside assignments)."""
+        targets = [(check_identifier(table), select_sql, list(params))]
+        targets += [(check_identifier(t), sql, list(p)) for t, sql, p in side_tables]
         with self.connect() as con:
             self.ensure_ledger(con)
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"CREATE OR REPLACE TABLE {table} AS {select_sql}", list(params))
+                for name, sql, args in targets:
+                    con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}", args)
                 con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ?", [asset])
                 if ledger_path is not None:
                     con.execute(

@@ -1,0 +1,450 @@
+"""Section 3: the R1-trace domain filter.
+
+r1_trace_rows ─► r1_prompt_embeddings[source] ─► r1_clusters ─► r1_cluster_domains ─► r1_medical_traces
+
+Prompts are embedded (all-MiniLM-L6-v2), clustered with faiss K-means, each cluster is labelled by an LLM
+vote over the 10 prompts nearest its centroid, and the traces of Medical/Biology clusters are kept; every
+other trace goes to the ledger as `domain:<label>`. Algorithms live in core.clustering / core.domains.
+"""
+
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from iimed_assets import checks
+from iimed_assets.assets.common import GPU_POOL, histogram_markdown, histogram_png_markdown, markdown_table, \
+    sample_column_schema
+from iimed_assets.core import clustering, domains
+from iimed_assets.core.llm import ChatRequest
+from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA
+from iimed_assets.partitions import r1_trace_partitions
+from iimed_assets.resources.embedder import Embedder
+from iimed_assets.resources.llm import LLMResource, usage_metadata
+from iimed_assets.resources.warehouse import Warehouse
+
+EMBEDDING_OK = "embedding_dim_and_norm"
+EVERY_ROW_CLUSTERED = "every_row_clustered"
+EVERY_CLUSTER_LABELLED = "every_cluster_labelled"
+VOTE_AGREEMENT = "vote_agreement"
+NORM_TOLERANCE = 1e-3
+
+
+def _write_parquet(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def _empty_ledger(tmp: Path) -> Path:
+    return _write_parquet(tmp / "ledger.parquet", LEDGER_STAGE_SCHEMA.empty_table())
+
+
+def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    values = column.combine_chunks()
+    return np.asarray(values.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+# ---- r1_prompt_embeddings ---------------------------------------------------------------------------------
+
+@dg.asset(
+    partitions_def=r1_trace_partitions,
+    group_name="r1",
+    kinds={"duckdb", "pytorch"},
+    deps=["r1_trace_rows"],
+    pool=GPU_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="r1_prompt_embeddings", blocking=True,
+                          description="Every R1 prompt of the partition has exactly one embedding."),
+        dg.AssetCheckSpec(EMBEDDING_OK, asset="r1_prompt_embeddings", blocking=True,
+                          description="Every stored vector has the model's dimension and unit L2 norm."),
+    ],
+)
+def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse,
+                         embedder: Embedder) -> dg.MaterializeResult:
+    """all-MiniLM-L6-v2 embeddings (L2-normalised float32) of every R1 prompt, one partition per R1 source."""
+    source = context.partition_key
+    rows = warehouse.fetch("SELECT id, prompt FROM r1_trace_rows WHERE source = ? ORDER BY id", [source]) \
+        if warehouse.table_exists("r1_trace_rows") else []
+    ids = [r[0] for r in rows]
+    device, precision, batch = embedder.resolved_device(), embedder.resolved_precision(), embedder.resolved_batch_size()
+    context.log.info(f"r1_prompt_embeddings[{source}]: embedding {len(ids):,} prompts with "
+                     f"{embedder.model_id} on {device} ({precision}, batch {batch})")
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds > 0 else 0.0
+        context.log.info(f"r1_prompt_embeddings[{source}]: {done:,}/{total:,} prompts, {rate:,.1f}/s, "
+                         f"eta {(total - done) / rate if rate else 0:,.0f}s")
+
+    started = time.perf_counter()
+    vectors = embedder.encode([r[1] for r in rows], progress=progress) if rows else np.zeros((0, embedder.dimension()),
+                                                                                              np.float32)
+    seconds = time.perf_counter() - started
+    dim = vectors.shape[1]
+    with tempfile.TemporaryDirectory(prefix=f"r1_emb-{source}-", dir=warehouse.staging_dir) as tmp:
+        table = pa.table({
+            "source": pa.array([source] * len(ids), pa.string()),
+            "id": pa.array(ids, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        })
+        path = _write_parquet(Path(tmp) / "rows.parquet", table)
+        warehouse.replace_stage_partition(
+            table="r1_prompt_embeddings", asset="r1_prompt_embeddings", partition=source,
+            select_sql=f"SELECT source, id, embedding::FLOAT[{dim}] AS embedding FROM read_parquet(?)",
+            params=[str(path)], ledger_path=_empty_ledger(Path(tmp)), run_id=context.run.run_id)
+    stored, bad_dim, min_norm, max_norm = warehouse.fetch_one(
+        "SELECT count(*), count(*) FILTER (WHERE array_length(embedding) <> ?), "
+        "min(sqrt(array_inner_product(embedding, embedding))), max(sqrt(array_inner_product(embedding, embedding))) "
+        "FROM r1_prompt_embeddings WHERE source = ?", [dim, source])
+    norms_ok = stored == 0 or (abs(min_norm - 1) <= NORM_TOLERANCE and abs(max_norm - 1) <= NORM_TOLERANCE)
+    rate = len(ids) / seconds if seconds > 0 else 0.0
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": int(stored),
+            "dagster/column_schema": dg.TableSchema(columns=[
+                dg.TableColumn("source", "VARCHAR"), dg.TableColumn("id", "VARCHAR", description="r1_trace_rows.id"),
+                dg.TableColumn("embedding", f"FLOAT[{dim}]", description="L2-normalised sentence embedding")]),
+            "model": embedder.model_id,
+            "device": device,
+            "precision": precision,
+            "batch_size": batch,
+            "dimension": dim,
+            "embed_seconds": round(seconds, 2),
+            "prompts_per_s": round(rate, 1),
+            "preview": dg.MetadataValue.md(markdown_table(
+                ["id", "prompt", "embedding[:4]"],
+                [(i, p, ", ".join(f"{v:.3f}" for v in vectors[k, :4])) for k, (i, p) in enumerate(rows[:5])], 120)),
+        },
+        check_results=[
+            checks.rows_conserved(len(ids), int(stored), 0),
+            dg.AssetCheckResult(check_name=EMBEDDING_OK, passed=bad_dim == 0 and norms_ok,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"dimension": dim, "wrong_dimension": int(bad_dim),
+                                          "min_norm": float(min_norm or 0), "max_norm": float(max_norm or 0),
+                                          "threshold": f"|norm - 1| <= {NORM_TOLERANCE}"}),
+        ],
+    )
+
+
+# ---- r1_clusters ------------------------------------------------------------------------------------------
+
+class ClusterConfig(dg.Config):
+    k: int | None = Field(default=None, description="clusters; the full recipe uses 50,000. Default: about "
+                                                    "prompts_per_cluster prompts per cluster")
+    prompts_per_cluster: int = Field(default=clustering.PROMPTS_PER_CLUSTER, description="rule for the default K")
+    method: str = Field(default="auto", description="auto | flat | two_level (auto: flat below "
+                                                    f"n_train*K = {clustering.FLAT_WORK_LIMIT:.0e})")
+    niter: int = Field(default=20, description="K-means iterations")
+    seed: int = 0
+    compare_subset: int = Field(default=20_000, description="when two-level runs, also fit flat K-means on this many "
+                                                            "rows (same K per row) and report both objectives; 0: skip")
+
+
+@dg.asset(
+    group_name="r1",
+    kinds={"duckdb", "faiss"},
+    deps=["r1_prompt_embeddings"],
+    pool=GPU_POOL,
+    check_specs=[dg.AssetCheckSpec(EVERY_ROW_CLUSTERED, asset="r1_clusters", blocking=True,
+                                   description="Every embedded prompt has exactly one cluster id in [0, K).")],
+)
+def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    """K-means over every R1 prompt embedding: per row its cluster and squared L2 distance to the centroid;
+    centroids (with sizes) in the side table r1_centroids."""
+    with warehouse.connect() as con:
+        arrow = con.execute("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table() \
+            if warehouse_has(con, "r1_prompt_embeddings") else None
+    n = arrow.num_rows if arrow is not None else 0
+    dim = arrow.schema.field("embedding").type.list_size if n else 384
+    x = _vectors(arrow.column("embedding"), dim) if n else np.zeros((0, dim), np.float32)
+    k = clustering.choose_k(n, config.k, config.prompts_per_cluster)
+    method = clustering.choose_method(n, k, config.method) if n else "none"
+    gpu = clustering.gpu_available()
+    context.log.info(f"r1_clusters: {n:,} prompts, K={k:,} ({'configured' if config.k else f'~{config.prompts_per_cluster}/cluster'}), "
+                     f"{method} k-means on {'GPU' if gpu else 'CPU'}")
+    result = clustering.kmeans(x, k, method=config.method, niter=config.niter, seed=config.seed, gpu=gpu,
+                               log=context.log.info)
+    comparison = {}
+    if result.method == "two_level" and config.compare_subset:
+        comparison = _compare_with_flat(x, result, config, gpu)
+        context.log.info(f"r1_clusters: two-level vs flat on a {comparison['rows']:,}-row subset: {comparison}")
+    sizes = result.sizes() if n else np.zeros(0, np.int64)
+    with tempfile.TemporaryDirectory(prefix="r1_clusters-", dir=warehouse.staging_dir) as tmp:
+        rows_path = _write_parquet(Path(tmp) / "rows.parquet", pa.table({
+            "source": arrow.column("source") if n else pa.array([], pa.string()),
+            "id": arrow.column("id") if n else pa.array([], pa.string()),
+            "cluster_id": pa.array(result.assignment.astype(np.int32)),
+            "distance": pa.array(result.distance.astype(np.float32)),
+        }))
+        cent_path = _write_parquet(Path(tmp) / "centroids.parquet", pa.table({
+            "cluster_id": pa.array(np.arange(result.k, dtype=np.int32)),
+            "size": pa.array(sizes.astype(np.int64)),
+            "centroid": pa.FixedSizeListArray.from_arrays(pa.array(result.centroids.reshape(-1), pa.float32()), dim),
+        }))
+        warehouse.replace_table(
+            table="r1_clusters", asset="r1_clusters", select_sql="SELECT * FROM read_parquet(?)",
+            params=[str(rows_path)], ledger_path=None, run_id=context.run.run_id,
+            side_tables=[("r1_centroids", f"SELECT cluster_id, size, centroid::FLOAT[{dim}] AS centroid "
+                                          "FROM read_parquet(?)", [str(cent_path)])])
+    params = {"k": result.k, "k_rule": f"configured {config.k}" if config.k else
+              f"round(n / {config.prompts_per_cluster})", "method": result.method, "niter": config.niter,
+              "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID}
+    warehouse.record_stage("r1_clusters", context.run.run_id, params,
+                           {"rows": n, "objective": round(result.objective, 6), "seconds": round(result.seconds, 2),
+                            **({"flat_comparison": comparison} if comparison else {})})
+    missing, out_of_range, stored = warehouse.fetch_one(
+        "SELECT (SELECT count(*) FROM r1_prompt_embeddings e ANTI JOIN r1_clusters c ON c.id = e.id AND "
+        "c.source = e.source), count(*) FILTER (WHERE cluster_id IS NULL OR cluster_id < 0 OR cluster_id >= ?), "
+        "count(*) FROM r1_clusters", [result.k]) if n else (0, 0, 0)
+    buckets = _size_buckets(sizes)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": int(stored),
+            "dagster/column_schema": dg.TableSchema(columns=[
+                dg.TableColumn("source", "VARCHAR"), dg.TableColumn("id", "VARCHAR"),
+                dg.TableColumn("cluster_id", "INTEGER"),
+                dg.TableColumn("distance", "FLOAT", description="squared L2 to the centroid (2 - 2 cos)")]),
+            "k": result.k,
+            "k_rule": params["k_rule"],
+            "method": result.method,
+            "device": "GPU" if gpu else "CPU",
+            "objective_mean_sq_distance": round(result.objective, 6),
+            "train_points": result.train_points,
+            "seconds": round(result.seconds, 2),
+            **({"coarse_k": result.coarse_k} if result.coarse_k else {}),
+            **({"two_level_vs_flat": dg.MetadataValue.json(comparison)} if comparison else {}),
+            "cluster_size_min": int(sizes.min()) if len(sizes) else 0,
+            "cluster_size_median": float(np.median(sizes)) if len(sizes) else 0.0,
+            "cluster_size_max": int(sizes.max()) if len(sizes) else 0,
+            "cluster_sizes": dg.MetadataValue.md(
+                histogram_markdown(buckets, "cluster size") + "\n\n" +
+                (histogram_png_markdown(buckets, "clusters by size", "prompts in cluster") if buckets else "")),
+        },
+        check_results=[dg.AssetCheckResult(
+            check_name=EVERY_ROW_CLUSTERED, passed=missing == 0 and out_of_range == 0 and stored == n,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"embedded_rows": n, "clustered_rows": int(stored), "rows_without_cluster": int(missing),
+                      "cluster_id_out_of_range": int(out_of_range), "k": result.k})],
+    )
+
+
+def warehouse_has(con, table: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
+
+
+def _size_buckets(sizes: np.ndarray) -> dict[str, int]:
+    if not len(sizes):
+        return {}
+    edges = [0, 1, 2, 5, 10, 20, 40, 80, 160, 320, 10**12]
+    labels = ["0", "1", "2-4", "5-9", "10-19", "20-39", "40-79", "80-159", "160-319", "320+"]
+    counts = np.histogram(sizes, bins=edges)[0]
+    return {label: int(c) for label, c in zip(labels, counts) if c}
+
+
+def _compare_with_flat(x: np.ndarray, result: clustering.KMeansResult, config: ClusterConfig, gpu: bool) -> dict:
+    """Flat vs two-level K-means on a random subset, with K scaled to keep the same rows per cluster."""
+    rng = np.random.default_rng(config.seed)
+    m = min(len(x), config.compare_subset)
+    subset = x[np.sort(rng.choice(len(x), size=m, replace=False))]
+    k_sub = max(1, round(result.k * m / len(x)))
+    flat = clustering.kmeans(subset, k_sub, method="flat", niter=config.niter, seed=config.seed, gpu=gpu)
+    two = clustering.kmeans(subset, k_sub, method="two_level", niter=config.niter, seed=config.seed, gpu=gpu)
+    return {"rows": m, "k": k_sub, "flat_objective": round(flat.objective, 6),
+            "two_level_objective": round(two.objective, 6),
+            "two_level_worse_by": round(two.objective / flat.objective - 1, 4) if flat.objective else 0.0,
+            "flat_seconds": round(flat.seconds, 2), "two_level_seconds": round(two.seconds, 2)}
+
+
+# ---- r1_cluster_domains -----------------------------------------------------------------------------------
+
+class DomainConfig(dg.Config):
+    voters: int = Field(default=domains.VOTERS_PER_CLUSTER, description="prompts nearest each centroid that vote")
+    max_tokens: int = Field(default=16, description="the answer is one domain name")
+    temperature: float = 0.0
+    seed: int = 0
+    min_median_agreement: float = Field(default=0.6, description="WARN when the median vote agreement is lower")
+
+
+@dg.asset(
+    group_name="r1",
+    kinds={"duckdb"},
+    deps=["r1_clusters", "r1_trace_rows"],
+    pool=GPU_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(EVERY_CLUSTER_LABELLED, asset="r1_cluster_domains", blocking=True,
+                          description="Every non-empty cluster has a label and its voters' labels are stored."),
+        dg.AssetCheckSpec(VOTE_AGREEMENT, asset="r1_cluster_domains", blocking=False,
+                          description="WARN when the median share of voters agreeing with their cluster's label is low."),
+    ],
+)
+def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, warehouse: Warehouse,
+                       llm: LLMResource) -> dg.MaterializeResult:
+    """One domain per cluster: the LLM classifies the prompts nearest the centroid, the majority labels it.
+    Votes per prompt are in the side table r1_domain_votes."""
+    voters = warehouse.fetch(
+        "SELECT c.cluster_id, c.rank, c.source, c.id, t.prompt FROM (SELECT cluster_id, source, id, row_number() "
+        "OVER (PARTITION BY cluster_id ORDER BY distance, source, id) AS rank FROM r1_clusters) c "
+        "JOIN r1_trace_rows t ON t.id = c.id AND t.source = c.source WHERE c.rank <= ? ORDER BY c.cluster_id, c.rank",
+        [config.voters])
+    context.log.info(f"r1_cluster_domains: classifying {len(voters):,} prompts nearest their centroids "
+                     f"with {llm.model_id}")
+    requests = [ChatRequest.of(domains.classification_messages(v[4]), n=1, temperature=config.temperature,
+                               max_tokens=config.max_tokens, seed=config.seed) for v in voters]
+    results, stats = llm.generate(requests, cache=warehouse, log=context.log.info) if requests else ([], None)
+    by_cluster: dict[int, list[tuple]] = {}
+    vote_rows = []
+    for (cluster_id, rank, source, row_id, _), (completion,) in zip(voters, results):
+        label = domains.parse_domain(completion.text) if completion.ok else domains.UNKNOWN
+        by_cluster.setdefault(cluster_id, []).append(label)
+        vote_rows.append({"cluster_id": cluster_id, "rank": rank, "source": source, "id": row_id, "label": label,
+                          "answer": completion.text[:200] if completion.ok else f"error: {completion.error}"})
+    sizes = dict(warehouse.fetch("SELECT cluster_id, size FROM r1_centroids"))
+    label_rows = []
+    for cluster_id, labels in sorted(by_cluster.items()):
+        vote = domains.majority_vote(labels)
+        label_rows.append({"cluster_id": cluster_id, "domain": vote.label, "keep": domains.keep(vote.label),
+                           "agreement": vote.agreement, "voters": vote.voters, "votes": json.dumps(vote.votes),
+                           "tie_break": vote.tie_break, "size": int(sizes.get(cluster_id, 0))})
+    with tempfile.TemporaryDirectory(prefix="r1_domains-", dir=warehouse.staging_dir) as tmp:
+        labels_path = _write_parquet(Path(tmp) / "labels.parquet", pa.Table.from_pylist(label_rows, schema=pa.schema([
+            ("cluster_id", pa.int32()), ("domain", pa.string()), ("keep", pa.bool_()), ("agreement", pa.float64()),
+            ("voters", pa.int32()), ("votes", pa.string()), ("tie_break", pa.string()), ("size", pa.int64())])))
+        votes_path = _write_parquet(Path(tmp) / "votes.parquet", pa.Table.from_pylist(vote_rows, schema=pa.schema([
+            ("cluster_id", pa.int32()), ("rank", pa.int64()), ("source", pa.string()), ("id", pa.string()),
+            ("label", pa.string()), ("answer", pa.string())])))
+        warehouse.replace_table(
+            table="r1_cluster_domains", asset="r1_cluster_domains",
+            select_sql="SELECT * EXCLUDE (votes), votes::JSON AS votes FROM read_parquet(?) ORDER BY cluster_id",
+            params=[str(labels_path)], ledger_path=None, run_id=context.run.run_id,
+            side_tables=[("r1_domain_votes", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, rank",
+                          [str(votes_path)])])
+    warehouse.record_stage("r1_cluster_domains", context.run.run_id,
+                           {"voters": config.voters, "model": llm.model_id, "domains": list(domains.DOMAINS),
+                            "keep": sorted(domains.KEEP_DOMAINS)},
+                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows)})
+    unlabelled = warehouse.fetch_one(
+        "SELECT count(*) FROM r1_centroids c LEFT JOIN r1_cluster_domains d USING (cluster_id) "
+        "WHERE c.size > 0 AND (d.domain IS NULL OR d.voters = 0)")[0]
+    agreements = [r["agreement"] for r in label_rows]
+    median_agreement = statistics.median(agreements) if agreements else 0.0
+    clusters_by_domain = Counter(r["domain"] for r in label_rows)
+    rows_by_domain: Counter = Counter()
+    for r in label_rows:
+        rows_by_domain[r["domain"]] += r["size"]
+    prompt_labels = Counter(v["label"] for v in vote_rows)
+    samples = warehouse.fetch(
+        "SELECT d.domain, t.prompt FROM r1_cluster_domains d JOIN r1_domain_votes v ON v.cluster_id = d.cluster_id "
+        "AND v.rank = 1 JOIN r1_trace_rows t ON t.id = v.id AND t.source = v.source "
+        "QUALIFY row_number() OVER (PARTITION BY d.domain ORDER BY d.size DESC, d.cluster_id) <= 3 ORDER BY 1")
+    ties = [r for r in label_rows if r["tie_break"]]
+    total_rows = sum(rows_by_domain.values())
+    medical = sum(n for d, n in rows_by_domain.items() if domains.keep(d))
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(label_rows),
+            "dagster/column_schema": dg.TableSchema(columns=[
+                dg.TableColumn("cluster_id", "INTEGER"), dg.TableColumn("domain", "VARCHAR"),
+                dg.TableColumn("keep", "BOOLEAN", description="Medical or Biology"),
+                dg.TableColumn("agreement", "DOUBLE", description="share of voters choosing the label"),
+                dg.TableColumn("voters", "INTEGER"), dg.TableColumn("votes", "JSON", description="label -> count"),
+                dg.TableColumn("tie_break", "VARCHAR", description="how a tie was broken, empty if none"),
+                dg.TableColumn("size", "BIGINT", description="prompts in the cluster")]),
+            "model": llm.model_id,
+            "classified_prompts": len(vote_rows),
+            "median_agreement": round(median_agreement, 4),
+            "ties_broken": len(ties),
+            "medical_biology_clusters": sum(n for d, n in clusters_by_domain.items() if domains.keep(d)),
+            "medical_biology_row_share": round(medical / total_rows, 4) if total_rows else 0.0,
+            "unknown_answers": prompt_labels.get(domains.UNKNOWN, 0),
+            "domains": dg.MetadataValue.md(
+                markdown_table(["domain", "clusters", "prompts"],
+                               [(d, clusters_by_domain[d], rows_by_domain[d]) for d, _ in rows_by_domain.most_common()])
+                + "\n\n" + (histogram_png_markdown(dict(rows_by_domain.most_common()), "prompts by cluster domain",
+                                                   "domain") if rows_by_domain else "")),
+            "prompt_labels": dg.MetadataValue.json(dict(prompt_labels.most_common())),
+            "sample_prompts_by_domain": dg.MetadataValue.md(markdown_table(["domain", "prompt nearest a centroid"],
+                                                                           samples, 200)),
+            "ties": dg.MetadataValue.md(markdown_table(["cluster", "tie break"],
+                                                       [(r["cluster_id"], r["tie_break"]) for r in ties[:10]])),
+            **(usage_metadata(stats, llm, prefix="llm") if stats is not None else {}),
+        },
+        check_results=[
+            dg.AssetCheckResult(check_name=EVERY_CLUSTER_LABELLED, passed=unlabelled == 0,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"clusters": len(label_rows), "unlabelled_clusters": int(unlabelled)}),
+            dg.AssetCheckResult(check_name=VOTE_AGREEMENT, passed=median_agreement >= config.min_median_agreement,
+                                severity=dg.AssetCheckSeverity.WARN,
+                                metadata={"median_agreement": round(median_agreement, 4),
+                                          "threshold": config.min_median_agreement,
+                                          "unknown_answers": prompt_labels.get(domains.UNKNOWN, 0)}),
+        ],
+    )
+
+
+# ---- r1_medical_traces ------------------------------------------------------------------------------------
+
+R1_EXTRA_COLUMNS = {"cluster_id": ("INTEGER", "K-means cluster of the prompt"),
+                    "domain": ("VARCHAR", "the cluster's voted domain (Medical or Biology)")}
+
+
+@dg.asset(
+    group_name="r1",
+    kinds={"duckdb"},
+    deps=["r1_trace_rows", "r1_cluster_domains"],
+    check_specs=[dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="r1_medical_traces", blocking=True,
+                                   description="Every R1 trace is kept or in the ledger as domain:<label>.")],
+)
+def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    """The R1 traces whose prompt's cluster is labelled Medical or Biology; the rest go to the ledger as
+    domain:<label> (not_clustered when a trace has no cluster, e.g. its embedding partition is stale)."""
+    missing = [t for t in ("r1_trace_rows", "r1_clusters", "r1_cluster_domains") if not warehouse.table_exists(t)]
+    if missing:
+        raise dg.Failure(f"r1_medical_traces needs {', '.join(missing)}: materialize the section-3 assets upstream first")
+    keep = sorted(domains.KEEP_DOMAINS)
+    joined = ("FROM r1_trace_rows t LEFT JOIN r1_clusters c ON c.id = t.id AND c.source = t.source "
+              "LEFT JOIN r1_cluster_domains d ON d.cluster_id = c.cluster_id")
+    warehouse.replace_table(
+        table="r1_medical_traces", asset="r1_medical_traces",
+        select_sql=f"SELECT t.*, c.cluster_id, d.domain {joined} WHERE d.domain IN (SELECT unnest(?::VARCHAR[])) "
+                   "ORDER BY t.source, t.id",
+        params=[keep], ledger_path=None, run_id=context.run.run_id,
+        ledger_sql=f"SELECT t.id AS row_id, CASE WHEN c.cluster_id IS NULL THEN 'not_clustered' "
+                   f"ELSE 'domain:' || coalesce(d.domain, 'unlabelled') END AS reason, "
+                   f"'source=' || t.source || coalesce(' cluster=' || c.cluster_id, '') || "
+                   f"coalesce(' agreement=' || round(d.agreement, 2), '') AS detail {joined} "
+                   f"WHERE d.domain IS NULL OR d.domain NOT IN (SELECT unnest(?::VARCHAR[]))",
+        ledger_params=[keep])
+    rows_in = warehouse.fetch_one("SELECT count(*) FROM r1_trace_rows")[0]
+    kept = warehouse.fetch_one("SELECT count(*) FROM r1_medical_traces")[0]
+    ledger = warehouse.ledger_counts("r1_medical_traces")
+    by_source = warehouse.fetch(
+        "SELECT t.source, count(*), count(m.id) FROM r1_trace_rows t LEFT JOIN r1_medical_traces m ON m.id = t.id "
+        "GROUP BY 1 ORDER BY 1")
+    preview = warehouse.fetch("SELECT id, source, domain, prompt FROM r1_medical_traces ORDER BY source, id LIMIT 5")
+    warehouse.record_stage("r1_medical_traces", context.run.run_id, {"keep_domains": keep},
+                           {"rows_in": rows_in, "kept": kept})
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": kept,
+            "dagster/column_schema": sample_column_schema(R1_EXTRA_COLUMNS),
+            "rows_in": rows_in,
+            "medical_share": round(kept / rows_in, 4) if rows_in else 0.0,
+            "kept_by_source": dg.MetadataValue.md(markdown_table(
+                ["source", "traces", "kept", "share"],
+                [(s, n, k, f"{k / n:.1%}" if n else "-") for s, n, k in by_source])),
+            "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(
+                dict(sorted(ledger.items(), key=lambda kv: -kv[1])), "reason")),
+            "preview": dg.MetadataValue.md(markdown_table(["id", "source", "domain", "prompt"], preview, 160)),
+        },
+        check_results=[checks.rows_conserved(rows_in, kept, sum(ledger.values()))],
+    )
+
+
+R1_ASSETS = [r1_prompt_embeddings, r1_clusters, r1_cluster_domains, r1_medical_traces]

