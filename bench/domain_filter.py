@@ -9,7 +9,7 @@ The clusters are computed once; the vote runs twice:
   2. with the embedded LLM (SmolLM2-135M-Instruct on llama.cpp): the default run's real quality.
 Medical/biology = the medical sets + the MMLU subjects in core.domains.MMLU_MEDICAL_BIOLOGY.
 
-    python bench/domain_filter.py [--per-set 150] [--per-mmlu-subject 20] [--skip-llm]
+    python bench/domain_filter.py [--per-set 150] [--per-mmlu-subject 20] [--per-cluster 20] [--skip-llm]
 
 Final line: prompts=… medical_kept=… other_kept=… llm_medical_kept=… llm_other_kept=…
 """
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--per-set", type=int, default=150)
     parser.add_argument("--per-mmlu-subject", type=int, default=20)
     parser.add_argument("--skip-llm", action="store_true")
+    parser.add_argument("--per-cluster", type=int, default=None,
+                        help="prompts per cluster for K (default: the asset's rule, 40; the full recipe is ~20)")
     args = parser.parse_args()
 
     prompts = labelled_domain_prompts(args.per_set, args.per_mmlu_subject)
@@ -111,7 +113,8 @@ def main() -> None:
 
             md = run([r1_prompt_embeddings], {"embedder": Embedder()}, partition_key=PARTITION)
             print(f"  embeddings: {md['prompts_per_s'].value} prompts/s ({md['precision'].value})", flush=True)
-            md = run([r1_clusters], {})
+            cluster_config = {"prompts_per_cluster": args.per_cluster} if args.per_cluster else {}
+            md = run([r1_clusters], {}, run_config={"ops": {"r1_clusters": {"config": cluster_config}}})
             k = md["k"].value
             print(f"  K={k} ({md['method'].value}), objective {md['objective_mean_sq_distance'].value}", flush=True)
 
