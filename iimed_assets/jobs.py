@@ -60,9 +60,10 @@ def materialize_full_graph(context: dg.OpExecutionContext, config: FullGraphConf
     if unknown:
         raise dg.Failure(f"unknown assets {unknown}; known: {sorted(known)}")
     selected = [a for a in MATERIALIZE_ORDER if not config.assets or a.key.to_user_string() in config.assets]
+    resources = default_resources()
     outcomes = []
     for asset in selected:
-        outcomes += materialize_in_order([asset], instance=context.instance, resources=default_resources(),
+        outcomes += materialize_in_order([asset], instance=context.instance, resources=resources,
                                          partitions=config.partitions or None, log=context.log.info,
                                          tags={"iimed/parent_run": context.run_id})
         if config.stop_on_failure and any(o.status == "FAILED" for o in outcomes):

@@ -158,9 +158,10 @@ class ClusterConfig(dg.Config):
 def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     """K-means over every R1 prompt embedding: per row its cluster and squared L2 distance to the centroid;
     centroids (with sizes) in the side table r1_centroids."""
-    with warehouse.connect() as con:
-        arrow = con.execute("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table() \
-            if warehouse_has(con, "r1_prompt_embeddings") else None
+    arrow = None
+    if warehouse.table_exists("r1_prompt_embeddings"):
+        with warehouse.connect() as con:
+            arrow = con.execute("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table()
     n = arrow.num_rows if arrow is not None else 0
     dim = arrow.schema.field("embedding").type.list_size if n else 384
     x = _vectors(arrow.column("embedding"), dim) if n else np.zeros((0, dim), np.float32)
@@ -233,10 +234,6 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
             metadata={"embedded_rows": n, "clustered_rows": int(stored), "rows_without_cluster": int(missing),
                       "cluster_id_out_of_range": int(out_of_range), "k": result.k})],
     )
-
-
-def warehouse_has(con, table: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
 
 
 def _size_buckets(sizes: np.ndarray) -> dict[str, int]:

@@ -95,7 +95,7 @@ def majority_vote(labels_nearest_first: list[str]) -> Vote:
     voters = len(labels_nearest_first)
     known = {label: n for label, n in votes.items() if label != UNKNOWN}
     if not known:
-        return Vote(UNKNOWN, dict(votes), 0.0 if voters else 0.0, voters, "")
+        return Vote(UNKNOWN, dict(votes), 0.0, voters, "")
     top = max(known.values())
     tied = [label for label, n in known.items() if n == top]
     tie_break = ""

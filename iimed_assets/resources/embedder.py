@@ -8,6 +8,7 @@ $IIMED_EMBED_MODEL) takes a local folder or a hub id.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -89,18 +90,14 @@ class Embedder(dg.ConfigurableResource):
         batch_size = self.resolved_batch_size()
         out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
         started = time.perf_counter()
+        # bf16 autocast on the model's device type; fp16 is baked into the weights (model.half()), fp32 needs nothing.
+        device_type = "cuda" if device.startswith("cuda") else "cpu"
         for start in range(0, len(texts), self.chunk_texts):
             chunk = list(texts[start:start + self.chunk_texts])
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and device == "cpu" \
-                else (torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else None)
-            with torch.inference_mode():
-                if autocast is not None:
-                    with autocast:
-                        emb = model.encode(chunk, batch_size=batch_size, convert_to_tensor=True,
-                                           show_progress_bar=False)
-                else:
-                    emb = model.encode(chunk, batch_size=batch_size, convert_to_tensor=True,
-                                       show_progress_bar=False)
+            autocast = torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" \
+                else contextlib.nullcontext()
+            with torch.inference_mode(), autocast:
+                emb = model.encode(chunk, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
             vectors = emb.float().cpu().numpy()
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             out[start:start + len(chunk)] = vectors / np.maximum(norms, 1e-12)
