@@ -9,9 +9,13 @@ The clusters are computed once; the vote runs twice:
   2. with the embedded LLM (SmolLM2-135M-Instruct on llama.cpp): the default run's real quality.
 Medical/biology = the medical sets + the MMLU subjects in core.domains.MMLU_MEDICAL_BIOLOGY.
 
-    python bench/domain_filter.py [--per-set 150] [--per-mmlu-subject 20] [--per-cluster 20] [--skip-llm]
+Mixed clusters (voters split between Medical/Biology and other) get every prompt classified within the
+budget `--per-prompt-budget` (extra calls per voter call; 0 = the recipe's pure majority).
 
-Final line: prompts=… medical_kept=… other_kept=… llm_medical_kept=… llm_other_kept=…
+    python bench/domain_filter.py [--per-set 150] [--per-mmlu-subject 20] [--per-cluster 20] [--skip-llm]
+                                  [--per-prompt-budget 1.0]
+
+Final line: prompts=… medical_kept=… other_kept=… llm_calls=… llm_medical_kept=… llm_other_kept=…
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ def main() -> None:
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--per-cluster", type=int, default=None,
                         help="prompts per cluster for K (default: the asset's rule, 40; the full recipe is ~20)")
+    parser.add_argument("--per-prompt-budget", type=float, default=1.0,
+                        help="extra per-prompt calls for mixed clusters, per voter call (0: majority only, the recipe)")
     args = parser.parse_args()
 
     prompts = labelled_domain_prompts(args.per_set, args.per_mmlu_subject)
@@ -118,7 +124,19 @@ def main() -> None:
             k = md["k"].value
             print(f"  K={k} ({md['method'].value}), objective {md['objective_mean_sq_distance'].value}", flush=True)
 
-            run([r1_cluster_domains], {"llm": TrueLabelClassifier(labels=labels)})
+            # the recipe's pure cluster-majority labels first, then with per-prompt labels for mixed clusters
+            run([r1_cluster_domains], {"llm": TrueLabelClassifier(labels=labels)},
+                run_config={"ops": {"r1_cluster_domains": {"config": {"per_prompt_budget": 0.0}}}})
+            run([r1_medical_traces], {})
+            majority_med, majority_other, _, _ = _shares(warehouse)
+            print(f"true-label classifier, cluster majority only (the recipe): medical/biology kept "
+                  f"{majority_med:.1%}, others kept {majority_other:.1%}", flush=True)
+            domain_config = {"ops": {"r1_cluster_domains": {"config": {"per_prompt_budget": args.per_prompt_budget}}}}
+            md = run([r1_cluster_domains], {"llm": TrueLabelClassifier(labels=labels)}, run_config=domain_config)
+            calls = md["classified_prompts"].value + md["per_prompt_calls"].value
+            print(f"  {md['mixed_clusters'].value} mixed clusters, {md['per_prompt_clusters'].value} classified per "
+                  f"prompt: {calls} LLM calls ({md['classified_prompts'].value} voters + "
+                  f"{md['per_prompt_calls'].value} per-prompt)", flush=True)
             run([r1_medical_traces], {})
             med, other, n_med, n_other = _shares(warehouse)
             print(f"true-label classifier: medical/biology kept {med:.1%} of {n_med}, others kept {other:.1%} "
@@ -127,12 +145,14 @@ def main() -> None:
                 if (m and kept < n) or (not m and kept):
                     print(f"    {s:40} {'medical' if m else 'other':8} kept {kept}/{n}")
             line = (f"prompts={len(rows)} medical_prompts={n_med} other_prompts={n_other} k={k} "
-                    f"medical_kept={med:.4f} other_kept={other:.4f}")
+                    f"majority_medical_kept={majority_med:.4f} majority_other_kept={majority_other:.4f} "
+                    f"medical_kept={med:.4f} other_kept={other:.4f} llm_calls={calls} mixed_clusters="
+                    f"{md['mixed_clusters'].value} per_prompt_clusters={md['per_prompt_clusters'].value}")
 
             if not args.skip_llm:
                 from iimed_assets.resources.llm import LlamaCppLLM
 
-                md = run([r1_cluster_domains], {"llm": LlamaCppLLM()})
+                md = run([r1_cluster_domains], {"llm": LlamaCppLLM()}, run_config=domain_config)
                 run([r1_medical_traces], {})
                 llm_med, llm_other, _, _ = _shares(warehouse)
                 print(f"embedded LLM: medical/biology kept {llm_med:.1%}, others kept {llm_other:.1%}; "

@@ -103,6 +103,40 @@ def test_kmeans_recovers_separated_clusters(method):
     assert result.sizes().sum() == len(x)
 
 
+def test_probe_assign_finds_the_exact_nearest_probed_centroid():
+    """Low-precision scores only pick candidates: the chosen centroid is the exact fp32 nearest among the probed
+    groups' centroids (ties aside), and the returned distance is the exact squared L2."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centroids = x[rng.choice(len(x), 120, replace=False)] + rng.normal(scale=0.01, size=(120, 64)).astype(np.float32)
+    starts = np.array([0, 40, 41, 120])  # three groups, one with a single centroid
+    probes = np.stack([rng.permutation(3)[:2] for _ in range(len(x))])
+    ids, dist = clustering._Backend(False).probe_assign(x, probes, centroids, starts)
+    exact = ((x[:, None, :] - centroids[None]) ** 2).sum(-1)
+    allowed = np.zeros_like(exact, dtype=bool)
+    for j in range(probes.shape[1]):
+        for g in range(3):
+            allowed[probes[:, j] == g, starts[g]:starts[g + 1]] = True
+    exact[~allowed] = np.inf
+    assert allowed[np.arange(len(x)), ids].all()  # only probed groups' centroids
+    assert np.allclose(dist, exact[np.arange(len(x)), ids], atol=1e-4)
+    best = exact.min(1)
+    assert (dist <= best + 1e-4).mean() == 1.0
+
+
+def test_two_level_probing_and_refinement_tighten_the_fit():
+    x, _ = _blobs(25, 200, dim=48, seed=4)
+    one = clustering.kmeans(x, 400, method="two_level", nprobe=1, refine=0, seed=2)
+    more = clustering.kmeans(x, 400, method="two_level", nprobe=3, refine=2, seed=2)
+    assert more.objective < one.objective
+    objectives = more.details["objective_per_refine"]
+    # each refinement is a Lloyd step: never worse (up to bf16 candidate selection)
+    assert all(b <= a + 1e-5 for a, b in zip(objectives, objectives[1:]))
+    d = ((x - more.centroids[more.assignment]) ** 2).sum(1)
+    assert np.allclose(d, more.distance, atol=1e-4) and more.sizes().sum() == len(x)
+
+
 def test_two_level_allocation_sums_to_k_and_respects_group_sizes():
     sizes = np.array([500, 3, 0, 97, 1])
     alloc = clustering._allocate(sizes, 50)
@@ -239,3 +273,62 @@ def test_real_smollm2_labels_clusters(warehouse_path):
     assert all(answer and not answer.startswith("error") for _, answer in labels)
     assert all(label in (*domains.DOMAINS, UNKNOWN) for label, _ in labels)
     assert warehouse.fetch_one("SELECT count(*) FROM r1_cluster_domains WHERE domain IS NULL")[0] == 0
+
+
+def test_mixed_clusters_and_per_prompt_selection_within_budget():
+    from iimed_assets.core.domains import is_mixed, keep_share, select_mixed_for_per_prompt
+
+    assert is_mixed(["Medical", "Mathematics", UNKNOWN])
+    assert not is_mixed(["Medical", "Biology", UNKNOWN])  # Medical vs Biology is no disagreement on keep
+    assert not is_mixed(["Law", "Mathematics"]) and not is_mixed([UNKNOWN, UNKNOWN])
+    assert keep_share(["Medical", "Law", UNKNOWN, "Biology"]) == 2 / 3 and keep_share([UNKNOWN]) is None
+    mixed = [(1, 0.5, 50, 10), (2, 0.1, 12, 10), (3, 0.4, 30, 10), (4, 0.5, 200, 10)]
+    # 5/5 splits first (smaller first), then 4/6, then 1/9; a cluster that does not fit is skipped
+    assert select_mixed_for_per_prompt(mixed, 60) == [1, 3]  # 40 + 20 extra calls; cluster 4 (190) never fits
+    assert select_mixed_for_per_prompt(mixed, 62) == [1, 2, 3]
+    assert select_mixed_for_per_prompt(mixed, 0) == []
+    assert select_mixed_for_per_prompt(mixed, float("inf")) == [1, 2, 3, 4]
+
+
+def _split_classifier(call):
+    """A boundary fake that splits every cluster: even-length questions are Medical, odd ones Law."""
+    from iimed_assets.testing.openai_loopback import Reply
+
+    question = call.last_user.split("</question>")[0]
+    return Reply(contents=["Domain: Medical" if len(question) % 2 == 0 else "Domain: Law"])
+
+
+@pytest.mark.parametrize("budget", [10.0, 0.0])
+def test_mixed_clusters_get_per_prompt_labels_within_the_budget(warehouse_path, budget):
+    from iimed_assets.resources.llm import OpenAICompatibleLLM
+    from iimed_assets.testing.openai_loopback import LoopbackOpenAI
+
+    with LoopbackOpenAI(script=_split_classifier) as server:
+        warehouse, results = _section3(warehouse_path, OpenAICompatibleLLM(base_url=server.url, model="scripted"),
+                                       domain_config={"per_prompt_budget": budget})
+        calls = server.requests
+    rows, k = 100, warehouse.fetch_one("SELECT count(*) FROM r1_centroids")[0]
+    mixed, per_prompt, per_prompt_rows = warehouse.fetch_one(
+        "SELECT count(*) FILTER (WHERE mixed), count(*) FILTER (WHERE per_prompt), "
+        "coalesce(sum(size) FILTER (WHERE per_prompt), 0) FROM r1_cluster_domains")
+    assert mixed >= 1  # the split classifier splits the voters of (almost) every cluster
+    md = results["r1_cluster_domains"].asset_materializations_for_node("r1_cluster_domains")[0].metadata
+    labelled = warehouse.fetch_one("SELECT count(*) FROM r1_prompt_domains")[0]
+    if budget:
+        # budget 10 = up to 100k extra calls for 100 rows in k≈2-3 clusters: every mixed cluster fits
+        assert per_prompt == mixed and labelled == per_prompt_rows and md["mixed_clusters_over_budget"].value == 0
+        assert calls == 10 * k + md["per_prompt_calls"].value == 10 * k + per_prompt_rows - 10 * per_prompt
+    else:
+        assert per_prompt == 0 and labelled == 0 and calls == 10 * k
+    expected = warehouse.fetch_one(
+        "SELECT count(*) FROM r1_clusters c JOIN r1_cluster_domains d USING (cluster_id) "
+        "LEFT JOIN r1_prompt_domains p USING (source, id) "
+        "WHERE (d.per_prompt AND p.label = 'Medical') OR (NOT d.per_prompt AND d.keep)")[0]
+    kept = warehouse.fetch_one("SELECT count(*) FROM r1_medical_traces")[0]
+    ledger = warehouse.ledger_counts("r1_medical_traces")
+    assert kept == expected and kept + sum(ledger.values()) == rows and set(ledger) <= {"domain:Law"}
+    if budget:  # in a per-prompt cluster each kept row is one the classifier itself called Medical
+        assert warehouse.fetch_one(
+            "SELECT count(*) FROM r1_medical_traces m JOIN r1_prompt_domains p USING (source, id) "
+            "WHERE p.label <> 'Medical'")[0] == 0
+        assert 0 < kept < rows

@@ -141,7 +141,11 @@ class ClusterConfig(dg.Config):
     prompts_per_cluster: int = Field(default=clustering.PROMPTS_PER_CLUSTER, description="rule for the default K")
     method: str = Field(default="auto", description="auto | flat | two_level (auto: flat below "
                                                     f"n_train*K = {clustering.FLAT_WORK_LIMIT:.0e})")
-    niter: int = Field(default=20, description="K-means iterations")
+    niter: int = Field(default=20, description="K-means iterations (flat, and the coarse level of two-level)")
+    fine_niter: int = Field(default=clustering.FINE_NITER, description="two-level: Lloyd iterations in each group")
+    nprobe: int = Field(default=clustering.NPROBE, description="two-level: coarse groups searched per row")
+    refine: int = Field(default=clustering.REFINE, description="two-level: global Lloyd iterations after the "
+                                                               "per-group fits")
     seed: int = 0
     compare_subset: int = Field(default=20_000, description="when two-level runs, also fit flat K-means on this many "
                                                             "rows (same K per row) and report both objectives; 0: skip")
@@ -171,6 +175,7 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
     context.log.info(f"r1_clusters: {n:,} prompts, K={k:,} ({'configured' if config.k else f'~{config.prompts_per_cluster}/cluster'}), "
                      f"{method} k-means on {'GPU' if gpu else 'CPU'}")
     result = clustering.kmeans(x, k, method=config.method, niter=config.niter, seed=config.seed, gpu=gpu,
+                               nprobe=config.nprobe, refine=config.refine, fine_niter=config.fine_niter,
                                log=context.log.info)
     comparison = {}
     if result.method == "two_level" and config.compare_subset:
@@ -196,7 +201,9 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
                                           "FROM read_parquet(?)", [str(cent_path)])])
     params = {"k": result.k, "k_rule": f"configured {config.k}" if config.k else
               f"round(n / {config.prompts_per_cluster})", "method": result.method, "niter": config.niter,
-              "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID}
+              "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID,
+              **({"fine_niter": config.fine_niter, "nprobe": config.nprobe, "refine": config.refine}
+                 if result.method == "two_level" else {})}
     warehouse.record_stage("r1_clusters", context.run.run_id, params,
                            {"rows": n, "objective": round(result.objective, 6), "seconds": round(result.seconds, 2),
                             **({"flat_comparison": comparison} if comparison else {})})
@@ -220,6 +227,7 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
             "train_points": result.train_points,
             "seconds": round(result.seconds, 2),
             **({"coarse_k": result.coarse_k} if result.coarse_k else {}),
+            **({"two_level": dg.MetadataValue.json(result.details)} if result.details else {}),
             **({"two_level_vs_flat": dg.MetadataValue.json(comparison)} if comparison else {}),
             "cluster_size_min": int(sizes.min()) if len(sizes) else 0,
             "cluster_size_median": float(np.median(sizes)) if len(sizes) else 0.0,
@@ -252,7 +260,8 @@ def _compare_with_flat(x: np.ndarray, result: clustering.KMeansResult, config: C
     subset = x[np.sort(rng.choice(len(x), size=m, replace=False))]
     k_sub = max(1, round(result.k * m / len(x)))
     flat = clustering.kmeans(subset, k_sub, method="flat", niter=config.niter, seed=config.seed, gpu=gpu)
-    two = clustering.kmeans(subset, k_sub, method="two_level", niter=config.niter, seed=config.seed, gpu=gpu)
+    two = clustering.kmeans(subset, k_sub, method="two_level", niter=config.niter, seed=config.seed, gpu=gpu,
+                            nprobe=config.nprobe, refine=config.refine, fine_niter=config.fine_niter)
     return {"rows": m, "k": k_sub, "flat_objective": round(flat.objective, 6),
             "two_level_objective": round(two.objective, 6),
             "two_level_worse_by": round(two.objective / flat.objective - 1, 4) if flat.objective else 0.0,
@@ -267,6 +276,10 @@ class DomainConfig(dg.Config):
     temperature: float = 0.0
     seed: int = 0
     min_median_agreement: float = Field(default=0.6, description="WARN when the median vote agreement is lower")
+    per_prompt_budget: float = Field(
+        default=1.0, description="mixed clusters (voters split between Medical/Biology and other domains) get every "
+                                 "prompt classified, within this many extra LLM calls per voter call; 0 keeps the "
+                                 "recipe's pure cluster-majority labels")
 
 
 @dg.asset(
@@ -303,16 +316,24 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
         vote_rows.append({"cluster_id": cluster_id, "rank": rank, "source": source, "id": row_id, "label": label,
                           "answer": completion.text[:200] if completion.ok else f"error: {completion.error}"})
     sizes = dict(warehouse.fetch("SELECT cluster_id, size FROM r1_centroids"))
+    mixed = [(cid, domains.keep_share(labels), int(sizes.get(cid, 0)), len(labels))
+             for cid, labels in sorted(by_cluster.items()) if domains.is_mixed(labels)]
+    refined = set(domains.select_mixed_for_per_prompt(mixed, config.per_prompt_budget * len(voters)))
+    prompt_rows, per_prompt_stats = _classify_mixed_clusters(context, config, warehouse, llm, refined, vote_rows)
     label_rows = []
     for cluster_id, labels in sorted(by_cluster.items()):
         vote = domains.majority_vote(labels)
         label_rows.append({"cluster_id": cluster_id, "domain": vote.label, "keep": domains.keep(vote.label),
                            "agreement": vote.agreement, "voters": vote.voters, "votes": json.dumps(vote.votes),
-                           "tie_break": vote.tie_break, "size": int(sizes.get(cluster_id, 0))})
+                           "tie_break": vote.tie_break, "size": int(sizes.get(cluster_id, 0)),
+                           "mixed": domains.is_mixed(labels), "per_prompt": cluster_id in refined})
     with tempfile.TemporaryDirectory(prefix="r1_domains-", dir=warehouse.staging_dir) as tmp:
         labels_path = _write_parquet(Path(tmp) / "labels.parquet", pa.Table.from_pylist(label_rows, schema=pa.schema([
             ("cluster_id", pa.int32()), ("domain", pa.string()), ("keep", pa.bool_()), ("agreement", pa.float64()),
-            ("voters", pa.int32()), ("votes", pa.string()), ("tie_break", pa.string()), ("size", pa.int64())])))
+            ("voters", pa.int32()), ("votes", pa.string()), ("tie_break", pa.string()), ("size", pa.int64()),
+            ("mixed", pa.bool_()), ("per_prompt", pa.bool_())])))
+        prompts_path = _write_parquet(Path(tmp) / "prompts.parquet", pa.Table.from_pylist(prompt_rows, schema=pa.schema([
+            ("cluster_id", pa.int32()), ("source", pa.string()), ("id", pa.string()), ("label", pa.string())])))
         votes_path = _write_parquet(Path(tmp) / "votes.parquet", pa.Table.from_pylist(vote_rows, schema=pa.schema([
             ("cluster_id", pa.int32()), ("rank", pa.int64()), ("source", pa.string()), ("id", pa.string()),
             ("label", pa.string()), ("answer", pa.string())])))
@@ -321,20 +342,29 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
             select_sql="SELECT * EXCLUDE (votes), votes::JSON AS votes FROM read_parquet(?) ORDER BY cluster_id",
             params=[str(labels_path)], ledger_path=None, run_id=context.run.run_id,
             side_tables=[("r1_domain_votes", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, rank",
-                          [str(votes_path)])])
+                          [str(votes_path)]),
+                         ("r1_prompt_domains", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, source, id",
+                          [str(prompts_path)])])
     warehouse.record_stage("r1_cluster_domains", context.run.run_id,
                            {"voters": config.voters, "model": llm.model_id, "domains": list(domains.DOMAINS),
-                            "keep": sorted(domains.KEEP_DOMAINS)},
-                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows)})
+                            "keep": sorted(domains.KEEP_DOMAINS), "per_prompt_budget": config.per_prompt_budget},
+                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows),
+                            "mixed_clusters": len(mixed), "per_prompt_clusters": len(refined),
+                            "per_prompt_calls": per_prompt_stats["calls"]})
     unlabelled = warehouse.fetch_one(
         "SELECT count(*) FROM r1_centroids c LEFT JOIN r1_cluster_domains d USING (cluster_id) "
         "WHERE c.size > 0 AND (d.domain IS NULL OR d.voters = 0)")[0]
+    # a per-prompt cluster needs a label for every one of its prompts
+    prompts_unlabelled = warehouse.fetch_one(
+        "SELECT count(*) FROM r1_clusters c JOIN r1_cluster_domains d USING (cluster_id) ANTI JOIN r1_prompt_domains p "
+        "ON p.id = c.id AND p.source = c.source WHERE d.per_prompt")[0]
     agreements = [r["agreement"] for r in label_rows]
     median_agreement = statistics.median(agreements) if agreements else 0.0
     clusters_by_domain = Counter(r["domain"] for r in label_rows)
-    rows_by_domain: Counter = Counter()
+    rows_by_domain: Counter = Counter(p["label"] for p in prompt_rows)  # per-prompt clusters: own labels
     for r in label_rows:
-        rows_by_domain[r["domain"]] += r["size"]
+        if not r["per_prompt"]:
+            rows_by_domain[r["domain"]] += r["size"]
     prompt_labels = Counter(v["label"] for v in vote_rows)
     samples = warehouse.fetch(
         "SELECT d.domain, t.prompt FROM r1_cluster_domains d JOIN r1_domain_votes v ON v.cluster_id = d.cluster_id "
@@ -352,13 +382,21 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
                 dg.TableColumn("agreement", "DOUBLE", description="share of voters choosing the label"),
                 dg.TableColumn("voters", "INTEGER"), dg.TableColumn("votes", "JSON", description="label -> count"),
                 dg.TableColumn("tie_break", "VARCHAR", description="how a tie was broken, empty if none"),
-                dg.TableColumn("size", "BIGINT", description="prompts in the cluster")]),
+                dg.TableColumn("size", "BIGINT", description="prompts in the cluster"),
+                dg.TableColumn("mixed", "BOOLEAN", description="voters split between keep and drop domains"),
+                dg.TableColumn("per_prompt", "BOOLEAN", description="every prompt classified (r1_prompt_domains); "
+                                                                    "their own labels decide, not the majority")]),
             "model": llm.model_id,
             "classified_prompts": len(vote_rows),
             "median_agreement": round(median_agreement, 4),
             "ties_broken": len(ties),
             "medical_biology_clusters": sum(n for d, n in clusters_by_domain.items() if domains.keep(d)),
             "medical_biology_row_share": round(medical / total_rows, 4) if total_rows else 0.0,
+            "mixed_clusters": len(mixed),
+            "per_prompt_clusters": len(refined),
+            "per_prompt_calls": per_prompt_stats["calls"],
+            "per_prompt_budget_calls": round(config.per_prompt_budget * len(voters)),
+            "mixed_clusters_over_budget": len(mixed) - len(refined),
             "unknown_answers": prompt_labels.get(domains.UNKNOWN, 0),
             "domains": dg.MetadataValue.md(
                 markdown_table(["domain", "clusters", "prompts"],
@@ -373,9 +411,11 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
             **(usage_metadata(stats, llm, prefix="llm") if stats is not None else {}),
         },
         check_results=[
-            dg.AssetCheckResult(check_name=EVERY_CLUSTER_LABELLED, passed=unlabelled == 0,
+            dg.AssetCheckResult(check_name=EVERY_CLUSTER_LABELLED, passed=unlabelled == 0 and prompts_unlabelled == 0,
                                 severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"clusters": len(label_rows), "unlabelled_clusters": int(unlabelled)}),
+                                metadata={"clusters": len(label_rows), "unlabelled_clusters": int(unlabelled),
+                                          "per_prompt_clusters": len(refined),
+                                          "unlabelled_prompts_in_per_prompt_clusters": int(prompts_unlabelled)}),
             dg.AssetCheckResult(check_name=VOTE_AGREEMENT, passed=median_agreement >= config.min_median_agreement,
                                 severity=dg.AssetCheckSeverity.WARN,
                                 metadata={"median_agreement": round(median_agreement, 4),
@@ -385,10 +425,35 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
     )
 
 
+def _classify_mixed_clusters(context, config: DomainConfig, warehouse: Warehouse, llm: LLMResource,
+                             refined: set[int], vote_rows: list[dict]) -> tuple[list[dict], dict]:
+    """Every prompt of the chosen mixed clusters gets its own label: the voters' labels are reused, the other
+    prompts are classified with the same template (cached like every LLM call)."""
+    if not refined:
+        return [], {"calls": 0}
+    rest = warehouse.fetch(
+        "SELECT c.cluster_id, c.source, c.id, t.prompt FROM (SELECT cluster_id, source, id, row_number() OVER "
+        "(PARTITION BY cluster_id ORDER BY distance, source, id) AS rank FROM r1_clusters) c JOIN r1_trace_rows t "
+        "ON t.id = c.id AND t.source = c.source WHERE c.rank > ? AND c.cluster_id IN (SELECT unnest(?::INTEGER[])) "
+        "ORDER BY c.cluster_id, c.rank", [config.voters, sorted(refined)])
+    context.log.info(f"r1_cluster_domains: {len(refined):,} mixed clusters get per-prompt labels: classifying "
+                     f"{len(rest):,} more prompts")
+    requests = [ChatRequest.of(domains.classification_messages(r[3]), n=1, temperature=config.temperature,
+                               max_tokens=config.max_tokens, seed=config.seed) for r in rest]
+    results, _ = llm.generate(requests, cache=warehouse, log=context.log.info) if requests else ([], None)
+    rows = [{"cluster_id": v["cluster_id"], "source": v["source"], "id": v["id"], "label": v["label"]}
+            for v in vote_rows if v["cluster_id"] in refined]
+    for (cluster_id, source, row_id, _), (completion,) in zip(rest, results):
+        rows.append({"cluster_id": cluster_id, "source": source, "id": row_id,
+                     "label": domains.parse_domain(completion.text) if completion.ok else domains.UNKNOWN})
+    return rows, {"calls": len(rest)}
+
+
 # ---- r1_medical_traces ------------------------------------------------------------------------------------
 
 R1_EXTRA_COLUMNS = {"cluster_id": ("INTEGER", "K-means cluster of the prompt"),
-                    "domain": ("VARCHAR", "the cluster's voted domain (Medical or Biology)")}
+                    "domain": ("VARCHAR", "Medical or Biology: the cluster's vote, or in a mixed cluster the "
+                                          "prompt's own label")}
 
 
 @dg.asset(
@@ -405,18 +470,23 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
     if missing:
         raise dg.Failure(f"r1_medical_traces needs {', '.join(missing)}: materialize the section-3 assets upstream first")
     keep = sorted(domains.KEEP_DOMAINS)
+    per_prompt = warehouse.table_exists("r1_prompt_domains")
+    # the decisive label: the cluster's majority, or in a per-prompt (mixed) cluster the prompt's own label
+    label = "CASE WHEN d.per_prompt THEN p.label ELSE d.domain END" if per_prompt else "d.domain"
     joined = ("FROM r1_trace_rows t LEFT JOIN r1_clusters c ON c.id = t.id AND c.source = t.source "
-              "LEFT JOIN r1_cluster_domains d ON d.cluster_id = c.cluster_id")
+              "LEFT JOIN r1_cluster_domains d ON d.cluster_id = c.cluster_id" +
+              (" LEFT JOIN r1_prompt_domains p ON p.id = t.id AND p.source = t.source" if per_prompt else ""))
+    how = ("CASE WHEN d.per_prompt THEN ' own label in mixed cluster' ELSE '' END" if per_prompt else "''")
     warehouse.replace_table(
         table="r1_medical_traces", asset="r1_medical_traces",
-        select_sql=f"SELECT t.*, c.cluster_id, d.domain {joined} WHERE d.domain IN (SELECT unnest(?::VARCHAR[])) "
-                   "ORDER BY t.source, t.id",
+        select_sql=f"SELECT t.*, c.cluster_id, {label} AS domain {joined} "
+                   f"WHERE {label} IN (SELECT unnest(?::VARCHAR[])) ORDER BY t.source, t.id",
         params=[keep], ledger_path=None, run_id=context.run.run_id,
         ledger_sql=f"SELECT t.id AS row_id, CASE WHEN c.cluster_id IS NULL THEN 'not_clustered' "
-                   f"ELSE 'domain:' || coalesce(d.domain, 'unlabelled') END AS reason, "
+                   f"ELSE 'domain:' || coalesce({label}, 'unlabelled') END AS reason, "
                    f"'source=' || t.source || coalesce(' cluster=' || c.cluster_id, '') || "
-                   f"coalesce(' agreement=' || round(d.agreement, 2), '') AS detail {joined} "
-                   f"WHERE d.domain IS NULL OR d.domain NOT IN (SELECT unnest(?::VARCHAR[]))",
+                   f"coalesce(' agreement=' || round(d.agreement, 2), '') || coalesce({how}, '') AS detail {joined} "
+                   f"WHERE {label} IS NULL OR {label} NOT IN (SELECT unnest(?::VARCHAR[]))",
         ledger_params=[keep])
     rows_in = warehouse.fetch_one("SELECT count(*) FROM r1_trace_rows")[0]
     kept = warehouse.fetch_one("SELECT count(*) FROM r1_medical_traces")[0]
@@ -425,6 +495,9 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
         "SELECT t.source, count(*), count(m.id) FROM r1_trace_rows t LEFT JOIN r1_medical_traces m ON m.id = t.id "
         "GROUP BY 1 ORDER BY 1")
     preview = warehouse.fetch("SELECT id, source, domain, prompt FROM r1_medical_traces ORDER BY source, id LIMIT 5")
+    own_label = warehouse.fetch_one(
+        "SELECT count(*) FROM r1_medical_traces m JOIN r1_cluster_domains d USING (cluster_id) WHERE d.per_prompt"
+    )[0] if warehouse.table_exists("r1_prompt_domains") else 0
     warehouse.record_stage("r1_medical_traces", context.run.run_id, {"keep_domains": keep},
                            {"rows_in": rows_in, "kept": kept})
     return dg.MaterializeResult(
@@ -433,6 +506,7 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
             "dagster/column_schema": sample_column_schema(R1_EXTRA_COLUMNS),
             "rows_in": rows_in,
             "medical_share": round(kept / rows_in, 4) if rows_in else 0.0,
+            "kept_by_own_label_in_mixed_cluster": own_label,
             "kept_by_source": dg.MetadataValue.md(markdown_table(
                 ["source", "traces", "kept", "share"],
                 [(s, n, k, f"{k / n:.1%}" if n else "-") for s, n, k in by_source])),

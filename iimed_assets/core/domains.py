@@ -116,3 +116,34 @@ MMLU_MEDICAL_BIOLOGY = frozenset({
     "anatomy", "clinical_knowledge", "college_medicine", "professional_medicine", "medical_genetics",
     "nutrition", "virology", "human_aging", "college_biology", "high_school_biology",
 })
+
+
+# ---- mixed clusters: per-prompt labels -------------------------------------------------------------------------
+
+def keep_share(labels: list[str]) -> float | None:
+    """Share of the known votes that are Medical/Biology; None when no vote is known."""
+    known = [label for label in labels if label != UNKNOWN]
+    return sum(keep(label) for label in known) / len(known) if known else None
+
+
+def is_mixed(labels: list[str]) -> bool:
+    """The voters disagree on keep vs drop: at least one known Medical/Biology vote and one known other vote.
+    The cluster's majority label then decides wrongly for part of its prompts."""
+    share = keep_share(labels)
+    return share is not None and 0.0 < share < 1.0
+
+
+def select_mixed_for_per_prompt(mixed: list[tuple[int, float, int, int]], budget_calls: float) -> list[int]:
+    """Which mixed clusters get every prompt classified, within a budget of extra LLM calls.
+
+    mixed: (cluster_id, keep_share, size, voters). The most evenly split clusters come first (their majority
+    is wrong for the most prompts), then the smaller ones (cheaper); a cluster is taken only if its extra calls
+    (size - voters) still fit in the budget, so the budget is never exceeded."""
+    order = sorted(mixed, key=lambda m: (-min(m[1], 1 - m[1]), m[2], m[0]))
+    chosen, spent = [], 0
+    for cluster_id, _, size, voters in order:
+        extra = max(0, size - voters)
+        if spent + extra <= budget_calls:
+            chosen.append(cluster_id)
+            spent += extra
+    return sorted(chosen)
