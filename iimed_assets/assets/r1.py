@@ -332,8 +332,10 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
             ("cluster_id", pa.int32()), ("domain", pa.string()), ("keep", pa.bool_()), ("agreement", pa.float64()),
             ("voters", pa.int32()), ("votes", pa.string()), ("tie_break", pa.string()), ("size", pa.int64()),
             ("mixed", pa.bool_()), ("per_prompt", pa.bool_())])))
-        prompts_path = _write_parquet(Path(tmp) / "prompts.parquet", pa.Table.from_pylist(prompt_rows, schema=pa.schema([
-            ("cluster_id", pa.int32()), ("source", pa.string()), ("id", pa.string()), ("label", pa.string())])))
+        prompts_schema = pa.schema([("cluster_id", pa.int32()), ("source", pa.string()), ("id", pa.string()),
+                                    ("label", pa.string())])
+        prompts_path = _write_parquet(Path(tmp) / "prompts.parquet",
+                                      pa.Table.from_pylist(prompt_rows, schema=prompts_schema))
         votes_path = _write_parquet(Path(tmp) / "votes.parquet", pa.Table.from_pylist(vote_rows, schema=pa.schema([
             ("cluster_id", pa.int32()), ("rank", pa.int64()), ("source", pa.string()), ("id", pa.string()),
             ("label", pa.string()), ("answer", pa.string())])))

@@ -100,18 +100,8 @@ def _train(x: np.ndarray, k: int, *, niter: int, seed: int, gpu: bool) -> np.nda
 
 def assign(x: np.ndarray, centroids: np.ndarray, *, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest centroid (squared L2) for every row, in batches."""
-    faiss = _faiss()
-    index = faiss.IndexFlatL2(centroids.shape[1])
-    if gpu:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    ids = np.empty(len(x), dtype=np.int64)
-    dist = np.empty(len(x), dtype=np.float32)
-    for start in range(0, len(x), ASSIGN_BATCH):
-        d, i = index.search(np.ascontiguousarray(x[start:start + ASSIGN_BATCH], dtype=np.float32), 1)
-        ids[start:start + len(i)] = i[:, 0]
-        dist[start:start + len(d)] = d[:, 0]
-    return ids, dist
+    dist, ids = _search(x, centroids, 1, gpu=gpu)
+    return ids[:, 0], dist[:, 0]
 
 
 def kmeans(x: np.ndarray, k: int, *, method: str = "auto", niter: int = 20, seed: int = 0,
@@ -195,11 +185,11 @@ def _two_level(x: np.ndarray, k: int, *, niter: int, fine_niter: int, seed: int,
         ids, dist = backend.probe_assign(x, probes, centroids, starts)
         objectives.append(float(dist.mean()))
     phase("assign_refine", t)
+    details = {"coarse_train_points": len(coarse_sample), "nprobe": nprobe, "refine": refine, "fine_niter": fine_niter,
+               "fine_compute": "faiss-gpu" if gpu else backend.name,
+               "objective_per_refine": [round(o, 6) for o in objectives], "phase_seconds": timings}
     return KMeansResult(centroids, ids, dist, "two_level", len(centroids), time.perf_counter() - started, trained,
-                        coarse_k=nc1, details={"coarse_train_points": len(coarse_sample), "nprobe": nprobe,
-                                               "refine": refine, "fine_niter": fine_niter, "fine_compute": "faiss-gpu" if gpu else
-                                               backend.name, "objective_per_refine": [round(o, 6) for o in objectives],
-                                               "phase_seconds": timings})
+                        coarse_k=nc1, details=details)
 
 
 def _search(x: np.ndarray, centroids: np.ndarray, k: int, *, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
