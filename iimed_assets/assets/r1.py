@@ -318,15 +318,16 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
     sizes = dict(warehouse.fetch("SELECT cluster_id, size FROM r1_centroids"))
     mixed = [(cid, domains.keep_share(labels), int(sizes.get(cid, 0)), len(labels))
              for cid, labels in sorted(by_cluster.items()) if domains.is_mixed(labels)]
+    mixed_ids = {m[0] for m in mixed}
     refined = set(domains.select_mixed_for_per_prompt(mixed, config.per_prompt_budget * len(voters)))
-    prompt_rows, per_prompt_stats = _classify_mixed_clusters(context, config, warehouse, llm, refined, vote_rows)
+    prompt_rows, per_prompt_calls = _classify_mixed_clusters(context, config, warehouse, llm, refined, vote_rows)
     label_rows = []
     for cluster_id, labels in sorted(by_cluster.items()):
         vote = domains.majority_vote(labels)
         label_rows.append({"cluster_id": cluster_id, "domain": vote.label, "keep": domains.keep(vote.label),
                            "agreement": vote.agreement, "voters": vote.voters, "votes": json.dumps(vote.votes),
                            "tie_break": vote.tie_break, "size": int(sizes.get(cluster_id, 0)),
-                           "mixed": domains.is_mixed(labels), "per_prompt": cluster_id in refined})
+                           "mixed": cluster_id in mixed_ids, "per_prompt": cluster_id in refined})
     with tempfile.TemporaryDirectory(prefix="r1_domains-", dir=warehouse.staging_dir) as tmp:
         labels_path = _write_parquet(Path(tmp) / "labels.parquet", pa.Table.from_pylist(label_rows, schema=pa.schema([
             ("cluster_id", pa.int32()), ("domain", pa.string()), ("keep", pa.bool_()), ("agreement", pa.float64()),
@@ -352,7 +353,7 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
                             "keep": sorted(domains.KEEP_DOMAINS), "per_prompt_budget": config.per_prompt_budget},
                            {"clusters": len(label_rows), "classified_prompts": len(vote_rows),
                             "mixed_clusters": len(mixed), "per_prompt_clusters": len(refined),
-                            "per_prompt_calls": per_prompt_stats["calls"]})
+                            "per_prompt_calls": per_prompt_calls})
     unlabelled = warehouse.fetch_one(
         "SELECT count(*) FROM r1_centroids c LEFT JOIN r1_cluster_domains d USING (cluster_id) "
         "WHERE c.size > 0 AND (d.domain IS NULL OR d.voters = 0)")[0]
@@ -396,7 +397,7 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
             "medical_biology_row_share": round(medical / total_rows, 4) if total_rows else 0.0,
             "mixed_clusters": len(mixed),
             "per_prompt_clusters": len(refined),
-            "per_prompt_calls": per_prompt_stats["calls"],
+            "per_prompt_calls": per_prompt_calls,
             "per_prompt_budget_calls": round(config.per_prompt_budget * len(voters)),
             "mixed_clusters_over_budget": len(mixed) - len(refined),
             "unknown_answers": prompt_labels.get(domains.UNKNOWN, 0),
@@ -428,11 +429,11 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
 
 
 def _classify_mixed_clusters(context, config: DomainConfig, warehouse: Warehouse, llm: LLMResource,
-                             refined: set[int], vote_rows: list[dict]) -> tuple[list[dict], dict]:
+                             refined: set[int], vote_rows: list[dict]) -> tuple[list[dict], int]:
     """Every prompt of the chosen mixed clusters gets its own label: the voters' labels are reused, the other
     prompts are classified with the same template (cached like every LLM call)."""
     if not refined:
-        return [], {"calls": 0}
+        return [], 0
     rest = warehouse.fetch(
         "SELECT c.cluster_id, c.source, c.id, t.prompt FROM (SELECT cluster_id, source, id, row_number() OVER "
         "(PARTITION BY cluster_id ORDER BY distance, source, id) AS rank FROM r1_clusters) c JOIN r1_trace_rows t "
@@ -448,7 +449,7 @@ def _classify_mixed_clusters(context, config: DomainConfig, warehouse: Warehouse
     for (cluster_id, source, row_id, _), (completion,) in zip(rest, results):
         rows.append({"cluster_id": cluster_id, "source": source, "id": row_id,
                      "label": domains.parse_domain(completion.text) if completion.ok else domains.UNKNOWN})
-    return rows, {"calls": len(rest)}
+    return rows, len(rest)
 
 
 # ---- r1_medical_traces ------------------------------------------------------------------------------------
@@ -499,7 +500,7 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
     preview = warehouse.fetch("SELECT id, source, domain, prompt FROM r1_medical_traces ORDER BY source, id LIMIT 5")
     own_label = warehouse.fetch_one(
         "SELECT count(*) FROM r1_medical_traces m JOIN r1_cluster_domains d USING (cluster_id) WHERE d.per_prompt"
-    )[0] if warehouse.table_exists("r1_prompt_domains") else 0
+    )[0] if per_prompt else 0
     warehouse.record_stage("r1_medical_traces", context.run.run_id, {"keep_domains": keep},
                            {"rows_in": rows_in, "kept": kept})
     return dg.MaterializeResult(

@@ -325,7 +325,7 @@ class _Backend:
                 m = len(rows)
                 low[:m, :d].copy_(self.torch.from_numpy(x[rows]))  # fancy indexing: faster than np.take(out=)
                 scores = self._scores(low[:m], c_aug)
-                at = np.arange(len(rows))
+                at = np.arange(m)
                 first = scores.argmax(1)
                 cand[rows, slot] = first + lo
                 score[rows, slot] = scores[at, first]
