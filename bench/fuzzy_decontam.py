@@ -1,8 +1,8 @@
-"""Step 2 of decontamination: FuzzyIndex (length window + character-count bound + rapidfuzz score_cutoff on the
-survivors) against brute-force rapidfuzz `process.cdist` over every prompt × eval text, same flags required.
+"""Step 2 of decontamination: FuzzyIndex (length window, character-count bound, banded early-exit bit-parallel LCS,
+rapidfuzz on the real matches) against brute-force rapidfuzz `process.cdist` over every prompt × eval text, same flags required.
 
 Prompts: real clean prompts (ChatDoctor, GSM8K, non-medical MMLU, MedQuAD) plus lightly edited copies of eval
-questions, cycled to --prompts. Eval texts: every bundled eval item as bare question and as question + options.
+questions; past that pool (about 22.5k), variants of it with one word dropped, so all --prompts are distinct. Eval texts: every bundled eval item as bare question and as question + options.
 Brute force over all --prompts would take hours on 2 cores; it runs on a random --baseline-prompts subset (its
 cost is exactly linear in the number of prompts), flags are compared on that subset, and its full time is that
 subset's time scaled. Final line: prompts=... eval_texts=... ours_s=... brute_force_s_est=... ratio=... identical=..."""
@@ -36,7 +36,16 @@ def main() -> None:
         copies.append("".join(chars))
     pool = base + copies
     rng.shuffle(pool)  # so that a run shorter than the pool still mixes clean prompts and copies
-    prompts = [pool[i % len(pool)] for i in range(args.prompts)]
+    prompts = pool[:args.prompts]
+    seen = set(prompts)
+    while len(prompts) < args.prompts:  # past the real pool: variants with one word dropped, all distinct
+        words = pool[len(prompts) % len(pool)].split()
+        if len(words) > 3:
+            del words[rng.randrange(len(words))]
+        variant = " ".join(words)
+        if variant not in seen:
+            seen.add(variant)
+            prompts.append(variant)
     rng.shuffle(prompts)
 
     t = time.perf_counter()
@@ -44,8 +53,10 @@ def main() -> None:
     hits = index.match_batch(prompts)
     ours = time.perf_counter() - t
     flags = [h is not None for h in hits]
-    print(f"ours: {len(prompts)} prompts in {ours:.1f}s, {sum(flags)} flagged, pairs scored {index.pairs_scored:,} "
-          f"of {len(prompts) * len(evals):,}", flush=True)
+    print(f"ours: {len(prompts)} prompts ({len(pool)} real, {len(set(prompts))} distinct) in {ours:.1f}s, "
+          f"{sum(flags)} flagged; pairs: {len(prompts) * len(evals):,} in all, {index.pairs_in_window:,} in the length "
+          f"window, {index.pairs_lcs:,} past the character bound to the LCS kernel, {index.pairs_early_exit:,} of "
+          f"those dropped early by its prefix bound, {index.pairs_scored:,} scored by rapidfuzz", flush=True)
 
     from rapidfuzz import fuzz, process
     from rapidfuzz.utils import default_process
@@ -61,7 +72,8 @@ def main() -> None:
     est = brute_subset * len(prompts) / len(subset)
     print(f"prompts={len(prompts)} eval_texts={len(evals)} flagged={sum(flags)} "
           f"pairs_brute={len(prompts) * len(evals)} pairs_in_length_window={index.pairs_in_window} "
-          f"pairs_scored={index.pairs_scored} baseline_subset={len(subset)} baseline_subset_s={brute_subset:.1f} "
+          f"pairs_lcs={index.pairs_lcs} pairs_early_exit={index.pairs_early_exit} pairs_scored={index.pairs_scored} "
+          f"baseline_subset={len(subset)} baseline_subset_s={brute_subset:.1f} "
           f"ours_s={ours:.1f} brute_force_s_est={est:.0f} ratio={est / ours:.1f} identical={identical}")
 
 

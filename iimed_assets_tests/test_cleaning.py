@@ -154,8 +154,56 @@ def test_fuzzy_equals_brute_force_on_real_prompts():
     index = decontam.FuzzyIndex(evals)
     got = [h is not None for h in index.match_batch(prompts)]
     assert got == expected and 20 < sum(got) < 125
-    assert index.pairs_scored < len(prompts) * len(evals) / 4
+    # the bounds rule out most pairs before any LCS, the prefix bound most of the rest; only matches get scored
+    assert index.pairs_lcs < index.pairs_in_window and index.pairs_lcs < len(prompts) * len(evals) / 4
+    assert index.pairs_early_exit > index.pairs_lcs / 2
+    assert 0 < index.pairs_scored < index.pairs_lcs / 10
     assert decontam.fuzzy_contaminated(prompts, evals) == expected
+    # threads split the prompts; the answer (and the scores) stay the same
+    again = decontam.FuzzyIndex(evals).match_batch(prompts, workers=2)
+    assert again == index.match_batch(prompts)
+
+
+def test_lcs_kernel_is_exact_at_and_around_every_cutoff():
+    """The kernel returns the true LCS whenever it reaches `need` and a negative answer only when it does not,
+    across word boundaries (63/64/65, 127-129 characters), unequal lengths, non-ASCII text (its own bucket) and
+    needs just below, at and above the true value; the true LCS is rapidfuzz's. Each prompt meets a batch of
+    texts, so pairs run two at a time with lanes starting, stopping early and ending at different rows."""
+    from rapidfuzz.distance import LCSseq
+
+    from iimed_assets.core import lcs
+
+    rng = random.Random(3)
+    sizes = [0, 1, 5, 63, 64, 65, 127, 128, 129, 300, 700]
+    checked = pruned = early = 0
+    for _ in range(150):
+        a = "".join(rng.choice("abcde é") for _ in range(rng.choice(sizes)))
+        bs, needs, truth = [], [], []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.5:  # unrelated text: low LCS
+                b = "".join(rng.choice("abcdef ü") for _ in range(rng.choice(sizes)))
+            else:  # an edited copy of a: high LCS
+                chars = list(a)
+                for _ in range(rng.randint(0, len(chars) // 3 + 1)):
+                    if chars and rng.random() < 0.5:
+                        del chars[rng.randrange(len(chars))]
+                    else:
+                        chars.insert(rng.randrange(len(chars) + 1), rng.choice("abcz"))
+                b = "".join(chars)
+            true = LCSseq.similarity(a, b)
+            for need in {max(0, true - 1), true, true + 1, rng.randint(0, max(len(a), 1))}:
+                bs.append(b)
+                needs.append(need)
+                truth.append(true)
+        for b, need, true, got in zip(bs, needs, truth, lcs.lcs_if_at_least(a, bs, needs)):
+            checked += 1
+            if true >= need:
+                assert got == true, (a, b, need)
+            else:
+                assert got < 0, (a, b, need)
+                pruned += 1
+                early += got == -2
+    assert checked > 2000 and pruned > 500 and early > 50
 
 
 # ---- proof on real data -------------------------------------------------------------------------------------

@@ -315,6 +315,7 @@ class DecontamConfig(dg.Config):
     max_item_df: int = Field(default=3, description="ignore n-grams shared by more than this many eval items")
     min_shared: int = Field(default=3, description="n-grams a prompt must share with one eval item")
     fuzzy_threshold: float = Field(default=80.0, description="step 2: rapidfuzz ratio >= this (the card: 80)")
+    fuzzy_workers: int = Field(default=0, description="threads for step 2 (0 = one per CPU core); same answer")
     batch_rows: int = 2000
 
 
@@ -376,6 +377,7 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             fuzzy_texts.append(t)
             fuzzy_owner.append(k)
     fuzzy_index = decontam.FuzzyIndex(fuzzy_texts, config.fuzzy_threshold)
+    fuzzy_workers = config.fuzzy_workers or os.cpu_count() or 1
     context.log.info(f"eval index: {len(items):,} items, {len(ngram_index):,} {config.ngram}-grams "
                      f"({ngram_index.dropped_common:,} common ones left out), {len(fuzzy_texts):,} fuzzy texts "
                      f"({time.perf_counter() - started:.1f}s)")
@@ -391,7 +393,7 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             stripped = [decontam.strip_boilerplate(r["prompt"]) for r in batch]
             hits = ngram_index.match_batch(stripped)
             rest = [k for k, h in enumerate(hits) if h is None]
-            fuzzy_hits = fuzzy_index.match_batch([stripped[k] for k in rest])
+            fuzzy_hits = fuzzy_index.match_batch([stripped[k] for k in rest], workers=fuzzy_workers)
             for r, h in zip(batch, hits):
                 if h is not None:
                     stage.ledger.add({"row_id": r["id"], "reason": "contaminated_ngram",
@@ -435,8 +437,13 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             "eval_items": len(items),
             "indexed_ngrams": len(ngram_index),
             "common_ngrams_left_out": ngram_index.dropped_common,
-            "fuzzy_pairs_scored": fuzzy_index.pairs_scored,
             "fuzzy_pairs_brute_force": len(fuzzy_texts) * (n - by_step["ngram"]),
+            "fuzzy_pairs_in_length_window": fuzzy_index.pairs_in_window,
+            "fuzzy_pairs_lcs": fuzzy_index.pairs_lcs,
+            "fuzzy_pairs_early_exit": fuzzy_index.pairs_early_exit,
+            "fuzzy_pairs_scored": fuzzy_index.pairs_scored,
+            "fuzzy_lcs_rows_read_share": round(fuzzy_index.lcs_rows_read / fuzzy_index.lcs_rows_total, 4)
+            if fuzzy_index.lcs_rows_total else 0.0,
             "parameters": dg.MetadataValue.json(config.model_dump()),
             "rows_per_s": round(n / elapsed, 1) if elapsed > 0 else 0.0,
             "examples_removed": dg.MetadataValue.md(markdown_table(["step", "eval set", "prompt", "evidence"], examples, 160)),

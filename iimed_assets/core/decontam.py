@@ -14,8 +14,10 @@ docs/decontamination.md.
 
 Step 2 is exact with respect to its definition — contaminated iff `fuzz.ratio(p(prompt), p(eval_text)) >= t`
 for some eval text, with `p = rapidfuzz.utils.default_process` — but never scores every pair: the ratio bounds
-the length of a match (2·min(l1, l2) / (l1 + l2) >= t / 100), so each prompt is only scored against the eval
-texts in its length window, in length-sorted blocks, with rapidfuzz's `score_cutoff`.
+the length of a match (2·min(l1, l2) / (l1 + l2) >= t / 100), so each prompt only meets the eval texts in its
+length window, and there `core.lcs` proves nearly every pair below the threshold with cheap exact bounds
+(character counts, then a banded bit-parallel LCS that stops once its prefix bound fails). rapidfuzz scores only
+the pairs that really match.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from iimed_assets.core import lcs
 from iimed_assets.core.dedup import _WordHasher, shingle_batch, tokens
 
 # Instruction wrappers that training prompts add around a question (and our own QA templates add), each with a
@@ -202,34 +205,23 @@ class FuzzyHit:
     score: float
 
 
-_HIST_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 "
-_HIST_MAP = np.full(128, len(_HIST_ALPHABET), dtype=np.int64)
-for _i, _c in enumerate(_HIST_ALPHABET):
-    _HIST_MAP[ord(_c)] = _i
+_MAX_CODE = 0x110000
 
 
-def char_histograms(texts: Sequence[str]) -> np.ndarray:
-    """Per text, counts of a-z, 0-9, space and "anything else" (38 buckets)."""
-    out = np.zeros((len(texts), len(_HIST_ALPHABET) + 1), dtype=np.int32)
-    for i, t in enumerate(texts):
-        if t:
-            codes = np.frombuffer(t.encode("utf-32-le"), dtype=np.uint32)
-            idx = np.where(codes < 128, codes, 0).astype(np.int64)
-            buckets = _HIST_MAP[idx]
-            buckets[codes >= 128] = len(_HIST_ALPHABET)
-            out[i] = np.bincount(buckets, minlength=out.shape[1])
-    return out
+def _code_points(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """All texts' Unicode code points, concatenated, and each text's length."""
+    lengths = np.array([len(t) for t in texts], dtype=np.int64)
+    flat = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32) if len(texts) else np.zeros(0, np.uint32)
+    return flat, lengths
 
 
 class FuzzyIndex:
-    """Eval texts after `default_process`, sorted by length, for blocked `fuzz.ratio` scoring.
+    """Eval texts after `default_process`, sorted by length, for exact `fuzz.ratio >= threshold` matching.
 
-    Two necessary conditions prune pairs before any ratio is computed, both exact consequences of
-    ratio = 100·2·LCS/(l1 + l2):
-      - length: LCS <= min(l1, l2) gives the window of `length_window`;
-      - characters: LCS <= Σ_c min(count_a(c), count_b(c)) over any bucketing of the characters (merging buckets
-        can only raise the sum), so 200·Σ min(...)/(l1 + l2) < t rules the pair out.
-    Only the survivors are scored by rapidfuzz, with `score_cutoff`. The answer equals brute force.
+    Per prompt, only the eval texts in the length window of `length_window` are looked at, and each pair must pass
+    the exact bounds of `core.lcs` (characters, then a banded bit-parallel LCS that stops as soon as its prefix
+    bound rules the pair out). Survivors really reach the threshold; rapidfuzz scores them for the reported score.
+    The flags equal brute-force `process.cdist(..., scorer=fuzz.ratio, score_cutoff=threshold)`.
     """
 
     def __init__(self, eval_texts: Sequence[str], threshold: float = 80.0):
@@ -237,68 +229,94 @@ class FuzzyIndex:
 
         self.threshold = threshold
         processed = [default_process(t or "") for t in eval_texts]
-        order = sorted(range(len(processed)), key=lambda i: len(processed[i]))
+        first: dict[str, int] = {}  # identical texts score identically: keep the first (10% of the bundled set)
+        for i, t in enumerate(processed):
+            first.setdefault(t, i)
+        order = sorted(first.values(), key=lambda i: len(processed[i]))
         self.texts = [processed[i] for i in order]
         self.original_index = np.array(order, dtype=np.int64)
-        self.lengths = np.array([len(t) for t in self.texts], dtype=np.int64)
-        self.hist = char_histograms(self.texts).astype(np.int16 if (self.lengths.max(initial=0) < 32_000) else np.int32)
-        self.exact: dict[str, int] = {}
-        for i, t in enumerate(self.texts):
-            self.exact.setdefault(t, i)
-        self.pairs_in_window = 0
-        self.pairs_scored = 0
+        self.duplicates = len(processed) - len(order)
+        flat, self.lengths = _code_points(self.texts)
+        self.starts = np.zeros(len(self.texts), dtype=np.int64)
+        if len(self.texts):
+            self.starts[1:] = np.cumsum(self.lengths)[:-1]
+        # dense alphabet ids 1..A over the characters the eval texts use; 0 = a character none of them has
+        present = np.zeros(_MAX_CODE, dtype=bool)
+        present[flat] = True
+        self.alphabet = np.cumsum(present, dtype=np.int32) * present
+        ids = np.flatnonzero(present)
+        bucket = np.full(len(ids) + 1, lcs.N_BUCKETS - 1, dtype=np.int64)
+        for k, c in enumerate(lcs.BUCKET_CHARS):
+            if present[ord(c)]:
+                bucket[self.alphabet[ord(c)]] = k
+        self.bucket = bucket
+        self.codes = self.alphabet[flat]
+        owner = np.repeat(np.arange(len(self.texts), dtype=np.int64), self.lengths)
+        nb = lcs.N_BUCKETS
+        self.hist = np.bincount(owner * nb + self.bucket[self.codes], minlength=len(self.texts) * nb
+                                ).reshape(len(self.texts), nb).astype(np.int32)
+        self.exact = {t: i for i, t in enumerate(self.texts)}
+        self.pairs_in_window = 0    # pairs inside the length window
+        self.pairs_lcs = 0          # ... that passed the character bound and went to the bit-parallel LCS
+        self.pairs_early_exit = 0   # ... that its prefix bound dropped before the end of the text
+        self.pairs_scored = 0       # ... that reached the threshold and rapidfuzz scored
+        self.lcs_rows_read = 0      # characters of eval text the LCS kernel read, of
+        self.lcs_rows_total = 0     # ... the characters of the eval texts it was given
 
-    def match_batch(self, texts: Sequence[str], block: int = 32, window_chunk: int = 2048) -> list[FuzzyHit | None]:
-        """For each text, the best-scoring eval text with ratio >= threshold (exactly as brute force), or None."""
-        from rapidfuzz import fuzz, process
+    def match_batch(self, texts: Sequence[str], workers: int = 1) -> list[FuzzyHit | None]:
+        """For each text, the best-scoring eval text with ratio >= threshold (exactly as brute force), or None.
+
+        `workers` > 1 splits the texts over threads (the LCS kernel releases the GIL)."""
         from rapidfuzz.utils import default_process
 
         out: list[FuzzyHit | None] = [None] * len(texts)
-        if not self.texts:
+        if not self.texts or not len(texts):
             return out
-        t = self.threshold
         processed = [default_process(x or "") for x in texts]
-        todo = []
-        for i, p in enumerate(processed):
+        workers = max(1, min(workers, len(texts)))
+        if workers == 1:
+            stats = self._match(processed, range(len(texts)), out)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            parts = [range(k, len(texts), workers) for k in range(workers)]
+            with ThreadPoolExecutor(workers) as pool:
+                stats = sum(pool.map(lambda part: self._match(processed, part, out), parts))
+        self.pairs_in_window += int(stats[lcs.IN_WINDOW])
+        self.pairs_lcs += int(stats[lcs.CHAR_BOUND])
+        self.pairs_early_exit += int(stats[lcs.EARLY_EXIT])
+        self.pairs_scored += int(stats[lcs.MATCHED])
+        self.lcs_rows_read += int(stats[lcs.ROWS_READ])
+        self.lcs_rows_total += int(stats[lcs.ROWS_TOTAL])
+        return out
+
+    def _match(self, processed: list[str], rows: Iterable[int], out: list[FuzzyHit | None]) -> np.ndarray:
+        from rapidfuzz import fuzz, process
+
+        t = self.threshold
+        stats = np.zeros(lcs.N_STATS, dtype=np.int64)
+        slot = np.zeros(len(self.bucket), dtype=np.int32)
+        scratch = [np.empty(len(self.texts), dtype=np.int64) for _ in range(3)]
+        for i in rows:
+            p = processed[i]
             j = self.exact.get(p)
             if j is not None:
                 out[i] = FuzzyHit(int(self.original_index[j]), 100.0)
-            else:
-                todo.append(i)
-        todo.sort(key=lambda i: len(processed[i]))
-        lengths = np.array([len(processed[i]) for i in todo], dtype=np.int64)
-        hists = char_histograms([processed[i] for i in todo]).astype(self.hist.dtype)
-        for start in range(0, len(todo), block):
-            rows = slice(start, start + block)
-            lo_b = length_window(int(lengths[rows][0]), t)[0]
-            hi_b = length_window(int(lengths[rows][-1]), t)[1]
-            a, b = int(np.searchsorted(self.lengths, lo_b, "left")), int(np.searchsorted(self.lengths, hi_b, "right"))
-            for c0 in range(a, b, window_chunk):
-                c1 = min(b, c0 + window_chunk)
-                le = self.lengths[c0:c1]
-                lp = lengths[rows]
-                total = lp[:, None] + le[None, :]
-                # the length bound, per pair: 200·min(l1, l2) >= t·(l1 + l2)
-                ok = 200.0 * np.minimum(lp[:, None], le[None, :]) >= t * total - 1e-9
-                self.pairs_in_window += int(ok.sum())
-                if not ok.any():
-                    continue
-                inter = np.minimum(hists[rows][:, None, :], self.hist[None, c0:c1, :]).sum(axis=2, dtype=np.int64)
-                ok &= 200.0 * inter >= t * total - 1e-9
-                for r, cols in zip(*_rows_with_candidates(ok)):
-                    i = todo[start + r]
-                    cand = [self.texts[c0 + c] for c in cols]
-                    self.pairs_scored += len(cand)
-                    scores = process.cdist([processed[i]], cand, scorer=fuzz.ratio, processor=None, score_cutoff=t)[0]
-                    k = int(scores.argmax())
-                    if scores[k] >= t and (out[i] is None or scores[k] > out[i].score):
-                        out[i] = FuzzyHit(int(self.original_index[c0 + cols[k]]), float(scores[k]))
-        return out
-
-
-def _rows_with_candidates(mask: np.ndarray):
-    rows = np.flatnonzero(mask.any(axis=1))
-    return rows, [np.flatnonzero(mask[r]) for r in rows]
+                continue
+            lo, hi = length_window(len(p), t)
+            a, b = int(np.searchsorted(self.lengths, lo, "left")), int(np.searchsorted(self.lengths, hi, "right"))
+            if a >= b:
+                continue
+            codes = self.alphabet[_code_points([p])[0]]
+            cols = lcs.candidates(codes, float(t), self.codes, self.starts, self.lengths, self.hist, self.bucket,
+                                  a, b, slot, stats, *scratch)
+            if len(cols):
+                scores = process.cdist([p], [self.texts[c] for c in cols], scorer=fuzz.ratio, processor=None,
+                                       score_cutoff=t)[0]
+                k = int(scores.argmax())
+                if scores[k] >= t:
+                    out[i] = FuzzyHit(int(self.original_index[cols[k]]), float(scores[k]))
+        return stats
 
 
 def fuzzy_contaminated(texts: Sequence[str], eval_texts: Sequence[str], *, threshold: float = 80.0) -> list[bool]:
