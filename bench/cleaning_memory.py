@@ -1,6 +1,10 @@
 """Peak memory of the cleaning stages as the row count grows: sft_deduped (and with --decontam
 sft_decontaminated; real asset code, real DuckDB file with memory_limit=1GB) on generated candidates, at --small and --rows, each in a fresh process. Responses are
-~120 words drawn from real medical text with 5% exact copies and 5% edited copies; prompts are real clean prompts.
+~120 words of real medical text (12 spans of 10 words from random places in ChatDoctor answers and HuatuoGPT-o1
+reasoning, so distinct responses share few 4-grams, as distinct real answers do) with 5% exact copies and 5% copies
+with one word edited (near-duplicates at Jaccard ~0.95); prompts are real clean prompts. An earlier version took
+120-word windows of one 300k-word text: at 1M rows every response then overlapped ~100 others above the threshold,
+a density no real dataset has (docs/cleaning.md).
 Final line: rows=... peak_rss_mb_small=... peak_rss_mb=... rss_growth=... rows_per_s=..."""
 
 from __future__ import annotations
@@ -49,9 +53,12 @@ def child(rows: int, workdir: str, with_decontam: bool) -> None:
                     ws = rng.choice(recent).split()
                     ws[rng.randrange(len(ws))] = "edited"
                     text = " ".join(ws)
-                else:
-                    k = rng.randrange(len(words) - 120)
-                    text = " ".join(words[k:k + 120]) + f" case {i}"
+                else:  # 12 spans of 10 words from anywhere in the corpus: distinct texts share few 4-grams
+                    spans = []
+                    for _ in range(12):
+                        k = rng.randrange(len(words) - 10)
+                        spans += words[k:k + 10]
+                    text = " ".join(spans) + f" case {i}"
                 recent = (recent + [text])[-1000:]
                 ids.append(f"r{i:08d}")
                 ps.append(prompts[i % len(prompts)])
