@@ -20,8 +20,8 @@ of eval texts b, and proves "no" for nearly every pair long before the full LCS 
    - the top of the band shrinks too: a match (x, y) on such a path has at most y matches before it and at most
      the bucket bound of a[x:] and b[y:] from it on, so blocks of a whose bound cannot reach need are skipped.
    The row loop runs word-major inside blocks of ROWS_PER_CHECK rows (a word stays in a register across the
-   rows), two pairs at a time with their independent carry chains interleaved; about twice as fast here as the
-   row-major order rapidfuzz uses for one pair.
+   rows), two pairs at a time with their independent carry chains interleaved: about twice as fast here as a
+   row-major version of the same kernel (the order rapidfuzz uses for one pair).
 
 A pair that survives all of it has LCS >= need, i.e. it really matches; the caller rescoring it with rapidfuzz
 keeps the answer identical to brute force down to the last floating-point digit.
@@ -43,7 +43,7 @@ _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 ROWS_PER_CHECK = 16  # characters of b between two prefix-bound checks
-PASS = 2             # words per pass of the row loop
+PASS = 2             # words per pass of the row loop (its body in `scan` is written out for 2)
 BLOCK = 32           # characters of a per block of the suffix bucket bound (a divisor of 64)
 BUCKET_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 "
 N_BUCKETS = len(BUCKET_CHARS) + 1  # + "anything else"
