@@ -235,26 +235,14 @@ class FuzzyIndex:
         order = sorted(first.values(), key=lambda i: len(processed[i]))
         self.texts = [processed[i] for i in order]
         self.original_index = np.array(order, dtype=np.int64)
-        self.duplicates = len(processed) - len(order)
         flat, self.lengths = _code_points(self.texts)
-        self.starts = np.zeros(len(self.texts), dtype=np.int64)
-        if len(self.texts):
-            self.starts[1:] = np.cumsum(self.lengths)[:-1]
         # dense alphabet ids 1..A over the characters the eval texts use; 0 = a character none of them has
         present = np.zeros(_MAX_CODE, dtype=bool)
         present[flat] = True
         self.alphabet = np.cumsum(present, dtype=np.int32) * present
-        ids = np.flatnonzero(present)
-        bucket = np.full(len(ids) + 1, lcs.N_BUCKETS - 1, dtype=np.int64)
-        for k, c in enumerate(lcs.BUCKET_CHARS):
-            if present[ord(c)]:
-                bucket[self.alphabet[ord(c)]] = k
-        self.bucket = bucket
+        self.bucket = lcs.bucket_table([chr(c) for c in np.flatnonzero(present)])
         self.codes = self.alphabet[flat]
-        owner = np.repeat(np.arange(len(self.texts), dtype=np.int64), self.lengths)
-        nb = lcs.N_BUCKETS
-        self.hist = np.bincount(owner * nb + self.bucket[self.codes], minlength=len(self.texts) * nb
-                                ).reshape(len(self.texts), nb).astype(np.int32)
+        self.starts, self.hist = lcs.pack(self.codes, self.lengths, self.bucket)
         self.exact = {t: i for i, t in enumerate(self.texts)}
         self.pairs_in_window = 0    # pairs inside the length window
         self.pairs_lcs = 0          # ... that passed the character bound and went to the bit-parallel LCS

@@ -302,17 +302,31 @@ def bucket_of(char: str) -> int:
     return k if k >= 0 and len(char) == 1 else N_BUCKETS - 1
 
 
+def bucket_table(chars: Sequence[str]) -> np.ndarray:
+    """bucket[id] for alphabet ids 1..len(chars) (chars[id - 1]); id 0, a character no text has, is "other"."""
+    return np.array([N_BUCKETS - 1] + [bucket_of(c) for c in chars], dtype=np.int64)
+
+
+def pack(codes: np.ndarray, lengths: np.ndarray, bucket: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For texts concatenated as alphabet ids: each text's start in `codes` and its bucket counts (e_start, e_hist)."""
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    if len(lengths):
+        starts[1:] = np.cumsum(lengths)[:-1]
+    owner = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    hist = np.bincount(owner * N_BUCKETS + bucket[codes], minlength=len(lengths) * N_BUCKETS)
+    return starts, hist.reshape(len(lengths), N_BUCKETS).astype(np.int32)
+
+
 def lcs_if_at_least(a: str, bs: Sequence[str], needs: Sequence[int]) -> list[int]:
     """For each b: LCS(a, b) when it is >= its need, else a negative number. The batch path of `candidates`
     (two pairs at a time), for tests and for reading."""
-    alphabet = {c: k + 1 for k, c in enumerate(sorted(set(a).union(*bs)))}
-    bucket = np.array([N_BUCKETS - 1] + [bucket_of(c) for c in sorted(alphabet, key=alphabet.get)], dtype=np.int64)
+    chars = sorted(set(a).union(*bs))
+    alphabet = {c: k + 1 for k, c in enumerate(chars)}
+    bucket = bucket_table(chars)
     a_codes = np.array([alphabet[c] for c in a], dtype=np.int32)
     e_codes = np.array([alphabet[c] for b in bs for c in b], dtype=np.int32)
     e_len = np.array([len(b) for b in bs], dtype=np.int64)
-    e_start = np.concatenate([[0], np.cumsum(e_len)[:-1]]).astype(np.int64)
-    e_hist = np.stack([np.bincount(bucket[np.array([alphabet[c] for c in b], dtype=np.int64)], minlength=N_BUCKETS)
-                       for b in bs]).astype(np.int32)
+    e_start, e_hist = pack(e_codes, e_len, bucket)
     slot = np.zeros(len(alphabet) + 1, dtype=np.int32)
     pm, _, psuf = prepare(a_codes, slot, bucket, N_BUCKETS)
     out = np.zeros(len(bs), dtype=np.int64)
