@@ -1,12 +1,14 @@
 """Peak memory of the cleaning stages as the row count grows: sft_deduped (and with --decontam
-sft_decontaminated; real asset code, real DuckDB file with memory_limit=1GB) on generated candidates, at --small and --rows, each in a fresh process. Responses are
+sft_decontaminated; real asset code, real DuckDB file with memory_limit=1GB) on generated candidates, at --small
+and --rows. Responses are
 ~120 words of real medical text (12 spans of 10 words from random places in ChatDoctor answers and HuatuoGPT-o1
 reasoning, so distinct responses share few 4-grams, as distinct real answers do) with 5% exact copies and 5% copies
 with one word edited (near-duplicates at Jaccard ~0.95); prompts are real clean prompts. An earlier version took
 120-word windows of one 300k-word text: at 1M rows every response then overlapped ~100 others above the threshold,
 a density no real dataset has (docs/cleaning.md).
-The setup (generating the rows, loading DuckDB with a 1GB limit) is measured apart from the stages: the peak is
-reset (Linux VmHWM) before they run.
+The setup (generating the rows, loading DuckDB with a 1GB limit) runs in one process and the stages in a fresh one
+on the warehouse it left, so the stages' peak (Linux VmHWM) holds nothing of the data generation; imports_rss_mb is
+that process's RSS after importing dagster and the assets, before any row is read.
 Final line: rows=... setup_peak_rss_mb=... peak_rss_mb_small=... peak_rss_mb=... rss_growth=... rows_per_s=..."""
 
 from __future__ import annotations
@@ -23,19 +25,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(rows: int, workdir: str, with_decontam: bool, setup_only: bool = False) -> None:
+def child(rows: int, workdir: str) -> None:
     import random
 
-    import dagster as dg
     import duckdb
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(HERE))
     from _texts import clean_prompts, responses
-
-    from iimed_assets.assets.cleaning import sft_decontaminated, sft_deduped
-    from iimed_assets.resources.warehouse import Warehouse
 
     wh_path = Path(workdir) / "warehouse.duckdb"
     rng = random.Random(0)
@@ -79,27 +77,33 @@ def child(rows: int, workdir: str, with_decontam: bool, setup_only: bool = False
     con.executemany("INSERT INTO eval_items VALUES (?, ?, ?, ?)",
                     [[i, s, t[-1], json.dumps({"question": t[0]})] for s, i, t in ev])
     con.close()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if setup_only:
-        print(json.dumps({"rows": rows, "setup_peak_rss_mb": round(base_rss)}))
-        return
-    _reset_peak()  # the stages' own peak, not the data generation's (ru_maxrss cannot be reset; VmHWM can)
+    print(json.dumps({"rows": rows, "setup_peak_rss_mb": round(_peak_mb())}))
+
+
+def stage(workdir: str, with_decontam: bool) -> None:
+    """The stages alone, in a fresh process on the warehouse `child` left: its peak is the stages' own (plus the
+    imports, reported apart)."""
+    import dagster as dg
+
+    from iimed_assets.assets.cleaning import sft_decontaminated, sft_deduped
+    from iimed_assets.resources.warehouse import Warehouse
+
+    imports_rss = _rss_mb()
     t = time.perf_counter()
     stages = [sft_deduped, sft_decontaminated] if with_decontam else [sft_deduped]
-    res = dg.materialize(stages, resources={"warehouse": Warehouse(path=str(wh_path),
-                                                                                                memory_limit="1GB")})
+    res = dg.materialize(stages, resources={"warehouse": Warehouse(path=str(Path(workdir) / "warehouse.duckdb"),
+                                                                   memory_limit="1GB")})
     assert res.success
     elapsed = time.perf_counter() - t
-    peak = _peak_mb()
-    print(json.dumps({"rows": rows, "peak_rss_mb": round(peak), "setup_peak_rss_mb": round(base_rss),
+    print(json.dumps({"peak_rss_mb": round(_peak_mb()), "imports_rss_mb": round(imports_rss),
                       "seconds": round(elapsed, 1)}))
 
 
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _peak_mb() -> float:
@@ -114,17 +118,24 @@ def _peak_mb() -> float:
 
 
 def run(rows: int, with_decontam: bool) -> dict:
+    """Setup and stages in two fresh processes, so the stage's peak holds nothing of the data generation."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, __file__, "--child", str(rows), tmp, str(int(with_decontam))],
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr[-3000:])
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        result = {}
+        for mode in ("setup", "stage"):
+            out = subprocess.run([sys.executable, __file__, "--child", str(rows), tmp, str(int(with_decontam)), mode],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        return result
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", len(sys.argv) > 5 and sys.argv[5] == "setup")
+        if sys.argv[5] == "setup":
+            child(int(sys.argv[2]), sys.argv[3])
+        else:
+            stage(sys.argv[3], sys.argv[4] == "1")
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -137,7 +148,7 @@ def main() -> None:
           f"rows={big['rows']} setup_peak_rss_mb_small={small['setup_peak_rss_mb']} "
           f"setup_peak_rss_mb={big['setup_peak_rss_mb']} peak_rss_mb_small={small['peak_rss_mb']} "
           f"peak_rss_mb={big['peak_rss_mb']} rss_growth={big['peak_rss_mb'] / small['peak_rss_mb']:.2f} "
-          f"seconds_small={small['seconds']} seconds={big['seconds']} rows_per_s={big['rows'] / big['seconds']:.0f}")
+          f"imports_rss_mb={big['imports_rss_mb']} seconds_small={small['seconds']} seconds={big['seconds']} rows_per_s={big['rows'] / big['seconds']:.0f}")
 
 
 if __name__ == "__main__":

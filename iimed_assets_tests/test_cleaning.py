@@ -45,6 +45,47 @@ def test_near_duplicate_mask_equals_exact_jaccard_brute_force():
     assert 20 < sum(got) < 150  # some edits stay above 0.7, heavier ones fall below
 
 
+def test_sft_deduped_asset_equals_brute_force_across_chunks(tmp_path):
+    """The asset's chunked pass (kept rows' buckets in a scratch DuckDB, sets re-read past a tiny cache) drops
+    exactly the rows brute force does, conserves rows, and records for every drop a kept earlier row at the
+    measured Jaccard; exact copies of a dropped row point at that row's own match."""
+    from iimed_assets.assets.cleaning import sft_deduped
+
+    rng = random.Random(11)
+    base = [r["output"] for r in CHATDOCTOR]  # ~100 real answers
+    texts = list(base)
+    for _ in range(250):
+        texts.insert(rng.randrange(len(texts) + 1), _edited(rng.choice(base), rng, rng.randint(1, 20)))
+    dup_of_dropped = _edited(base[3], rng, 1)
+    texts += [dup_of_dropped, dup_of_dropped, base[5], "", "!!!", "Hi."]  # exact copies; rows with no shingle
+    wh = tmp_path / "wh.duckdb"
+    con = duckdb.connect(str(wh))
+    con.execute("CREATE TABLE sft_candidates AS SELECT 'r' || lpad(i::VARCHAR, 5, '0') AS id, 'chatdoctor' AS "
+                "source, 'instruct' AS section, 'q' AS prompt, [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': t}] AS messages, "
+                "i AS cand_order FROM (SELECT unnest(?::VARCHAR[]) AS t, generate_subscripts(?::VARCHAR[], 1) AS i)",
+                [texts, texts])
+    con.close()
+    res = dg.materialize([sft_deduped], resources={"warehouse": Warehouse(path=str(wh))}, run_config={
+        "ops": {"sft_deduped": {"config": {"batch_rows": 37, "cached_sets": 5}}}})
+    assert res.success and all(c.passed for c in res.get_asset_check_evaluations())
+    meta = res.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["kept_sets_reread"].value > 0 and meta["exact_copies"].value >= 2
+    con = duckdb.connect(str(wh))
+    kept = {r[0] for r in con.execute("SELECT cand_order FROM sft_deduped").fetchall()}
+    ledger = dict(con.execute("SELECT row_id, detail FROM row_ledger WHERE asset = 'sft_deduped'").fetchall())
+    ids = [r[0] for r in con.execute("SELECT id FROM sft_candidates ORDER BY cand_order").fetchall()]
+    expected = dedup.near_duplicate_mask_exact(texts)
+    assert [i + 1 not in kept for i in range(len(texts))] == expected
+    assert len(kept) + len(ledger) == len(texts) and sum(expected) > 30
+    sets = [dedup.shingle_hashes(t) for t in texts]
+    for k, rid in enumerate(ids):
+        if rid in ledger:
+            kept_id, sim = ledger[rid].removeprefix("kept=").split(" jaccard=")
+            j = ids.index(kept_id)
+            assert j < k and j + 1 in kept and dedup.jaccard(sets[k], sets[j]) == pytest.approx(float(sim), abs=1e-3)
+            assert float(sim) >= 0.7
+
+
 def test_threshold_holds_literally():
     words = [f"w{i}" for i in range(200)]
     a = " ".join(words)

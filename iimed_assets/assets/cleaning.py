@@ -13,10 +13,11 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -152,8 +153,11 @@ class DedupConfig(dg.Config):
     threshold: float = Field(default=0.7, description="drop at exact Jaccard >= this (the card: 0.7)")
     num_perm: int = 128
     seed: int = 1
-    batch_rows: int = 2000
-    pair_chunk: int = 20_000
+    batch_rows: int = Field(default=5000, description="rows read, hashed and verified per chunk")
+    cached_sets: int = Field(default=20_000, description="shingle sets of kept rows held in memory for verifying "
+                                                         "later rows (an LRU cache; misses are re-read)")
+    scratch_memory: str = Field(default="256MB", description="DuckDB memory_limit of the stage's scratch database "
+                                                             "(the kept rows' buckets; it spills beyond it)")
 
 
 def _response(messages) -> str:
@@ -161,6 +165,43 @@ def _response(messages) -> str:
         if m["role"] == "assistant":
             return m["content"] or ""
     return ""
+
+
+def _exact_key(shingle_set: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(shingle_set.tobytes(), digest_size=8).digest(), "little")
+
+
+class _SetCache:
+    """Shingle sets of kept rows by cand_order, least recently used dropped past `size`; misses are read back from
+    sft_candidates and re-shingled in one query per chunk."""
+
+    def __init__(self, warehouse: Warehouse, size: int, ngram: int, hasher) -> None:
+        self.warehouse, self.size, self.ngram, self.hasher = warehouse, size, ngram, hasher
+        self.sets: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.misses = 0
+
+    def put(self, o: int, s: np.ndarray) -> None:
+        self.sets[o] = s
+        self.sets.move_to_end(o)
+        while len(self.sets) > self.size:
+            self.sets.popitem(last=False)
+
+    def ensure(self, ords: list[int]) -> dict[int, np.ndarray]:
+        """The sets of `ords`, fetching the missing ones; returned as a dict so eviction cannot lose them."""
+        out = {o: self.sets[o] for o in ords if o in self.sets}
+        for o in out:
+            self.sets.move_to_end(o)
+        missing = [o for o in ords if o not in out]
+        if missing:
+            self.misses += len(missing)
+            rows = self.warehouse.fetch("SELECT cand_order, messages FROM sft_candidates WHERE cand_order IN "
+                                        "(SELECT unnest(?::BIGINT[]))", [missing])
+            hashes, counts = dedup.shingle_batch([_response(m) for _, m in rows], self.ngram, self.hasher)
+            ends = np.cumsum(counts)
+            for (o, _), e, c in zip(rows, ends.tolist(), counts.tolist()):
+                out[o] = np.unique(hashes[e - c:e])
+                self.put(o, out[o])
+        return out
 
 
 @dg.asset(
@@ -171,111 +212,118 @@ def _response(messages) -> str:
                                    description="Every candidate is kept or ledgered as a near-duplicate.")],
 )
 def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehouse: Warehouse) -> dg.MaterializeResult:
-    """Near-duplicate responses removed: MinHash LSH proposes pairs (buckets joined in DuckDB), exact Jaccard of
-    word 4-gram shingle sets decides; the earliest row of a group stays, the others are ledgered with the kept
-    row's id and the Jaccard."""
+    """Near-duplicate responses removed, in one pass over the candidates in `cand_order` chunks. Per chunk: word
+    4-gram shingles and MinHash signatures (vectorised), exact copies (same shingle set) resolved by a key lookup,
+    then each remaining row is verified by exact Jaccard against the earlier *kept* rows that share an LSH bucket
+    with it (`dedup.greedy_verify`). The kept rows' bucket keys live in a scratch DuckDB file, so memory does not
+    grow with the row count and a cluster of near-copies costs one verified pair per copy. The earliest row of a
+    group stays; the others are ledgered with the kept row's id and the Jaccard."""
     started = time.perf_counter()
     n = _count(warehouse, "sft_candidates")
     bands, rows_per_band = dedup.lsh_params(config.num_perm, config.threshold)
-    hasher = dedup._WordHasher()
+    hasher = dedup._WordHasher(max_vocab=500_000)  # word-hash cache: bounded, reset when full
     minhasher = dedup.MinHasher(config.num_perm, config.seed)
-    progress = Progress(context.log.info, "sft_deduped signatures", n)
-    sig_schema = pa.schema([("ord", pa.int64()), ("exact_key", pa.uint64()), ("shingles", pa.int32())])
-    band_schema = pa.schema([("ord", pa.int64()), ("bucket", pa.uint64())])
-    with staged_partition(warehouse, "sft_deduped", "all", sig_schema) as stage:
+    progress = Progress(context.log.info, "sft_deduped", n)
+    drop_schema = pa.schema([("ord", pa.int64()), ("kept_ord", pa.int64()), ("jaccard", pa.float64())])
+    cache = _SetCache(warehouse, config.cached_sets, config.ngram, hasher)
+    pairs_total = pairs_verified = exact_copies = dropped = 0
+    sims: Counter = Counter()
+    with staged_partition(warehouse, "sft_deduped", "all", drop_schema) as stage:
         tmp = stage.rows.path.parent
-        bands_writer = pq.ParquetWriter(tmp / "bands.parquet", band_schema, compression="zstd")
-        ids: dict[int, str] = {}
-        done = 0
-        for batch in warehouse.iter_ordered("sft_candidates", ["cand_order", "id", "messages"], "cand_order",
-                                            batch_rows=config.batch_rows):
-            texts = [_response(r["messages"]) for r in batch]
-            hashes, counts = dedup.shingle_batch(texts, config.ngram, hasher)
-            sigs = minhasher.signatures(hashes, counts)
-            keys = dedup.band_keys(sigs, bands, rows_per_band)
-            ends = np.cumsum(counts)
-            ords = np.array([r["cand_order"] for r in batch], dtype=np.int64)
-            exact = []
-            for k, (e, c) in enumerate(zip(ends, counts)):
-                u = np.unique(hashes[e - c:e])
-                exact.append(int.from_bytes(hashlib.blake2b(u.tobytes(), digest_size=8).digest(), "little")
-                             if c else int(ords[k]))  # no shingles: its own group, never a duplicate
-            stage.rows.writer.write_table(pa.table({"ord": ords, "exact_key": pa.array(exact, pa.uint64()),
-                                                    "shingles": pa.array(counts.astype(np.int32))}, schema=sig_schema))
-            has = counts > 0
-            bands_writer.write_table(pa.table({"ord": np.repeat(ords[has], bands),
-                                               "bucket": keys[has].reshape(-1)}, schema=band_schema))
-            done += len(batch)
-            progress(done)
-        bands_writer.close()
+        scratch = duckdb.connect(str(tmp / "scratch.duckdb"), config={"memory_limit": config.scratch_memory})
+        try:
+            # exact_reps: the first row of each shingle set, with its own match if it was dropped.
+            scratch.execute("CREATE TABLE exact_reps (key UBIGINT, ord BIGINT, kept_ord BIGINT, jaccard DOUBLE)")
+            scratch.execute("CREATE TABLE kept_bands (bucket UBIGINT, ord BIGINT)")
+            done = 0
+            for batch in warehouse.iter_ordered("sft_candidates", ["cand_order", "messages"], "cand_order",
+                                                batch_rows=config.batch_rows):
+                ords = [r["cand_order"] for r in batch]
+                hashes, counts = dedup.shingle_batch([_response(r["messages"]) for r in batch], config.ngram, hasher)
+                ends = np.cumsum(counts).tolist()
+                sets = {o: np.unique(hashes[e - c:e]) for o, e, c in zip(ords, ends, counts.tolist()) if c}
+                keys = {o: _exact_key(s) for o, s in sets.items()}  # a row with no shingle is never a duplicate
+                known = dict(scratch.execute(
+                    "SELECT key, [ord, kept_ord, jaccard] FROM exact_reps WHERE key IN (SELECT unnest(?::UBIGINT[]))",
+                    [sorted(set(keys.values()))]).fetchall())
+                first: dict[int, int] = {}
+                reps, followers = [], []
+                for o, k in keys.items():
+                    if k in known or k in first:
+                        followers.append((o, k))
+                    else:
+                        first[k] = o
+                        reps.append(o)
+                # Candidates: the earlier chunks' kept rows that share a bucket with a rep of this chunk.
+                at = {o: i for i, o in enumerate(ords)}
+                band = dedup.band_keys(minhasher.signatures(hashes, counts), bands, rows_per_band)[
+                    np.array([at[o] for o in reps], dtype=np.int64)]
+                rep_ords = np.array(reps, dtype=np.int64)
+                scratch.register("chunk_bands", pa.table({"ord": np.repeat(rep_ords, bands),
+                                                          "bucket": band.reshape(-1)}))
+                found = scratch.execute("SELECT DISTINCT c.ord, k.ord FROM chunk_bands c JOIN kept_bands k "
+                                        "ON c.bucket = k.bucket ORDER BY 1, 2").fetchnumpy()
+                prior: dict[int, list[int]] = {}
+                for j, i in zip(found["ord"].tolist(), found["ord_1"].tolist()):
+                    prior.setdefault(j, []).append(i)
+                prior_sets = cache.ensure(sorted({i for c in prior.values() for i in c}))
+                kept, matches, pairs, verified = dedup.greedy_verify(
+                    reps, [sets[o] for o in reps], band, config.threshold, prior, prior_sets.__getitem__)
+                pairs_total += pairs
+                pairs_verified += verified
+                # Exact copies follow their rep: dropped with the rep as match, or with the rep's own match.
+                rep_match = {k: (v[0], v[1], v[2]) for k, v in known.items()}
+                for o in reps:
+                    m = matches.get(o)
+                    rep_match[keys[o]] = (o, m[0] if m else None, m[1] if m else None)
+                for o, k in followers:
+                    rep, kept_ord, sim = rep_match[k]
+                    matches[o] = (rep, 1.0) if kept_ord is None else (kept_ord, sim)
+                exact_copies += len(followers)
+                drops = sorted(matches.items())
+                stage.rows.writer.write_table(pa.table(
+                    {"ord": [o for o, _ in drops], "kept_ord": [m[0] for _, m in drops],
+                     "jaccard": [float(m[1]) for _, m in drops]}, schema=drop_schema))
+                dropped += len(drops)
+                sims.update(f"{np.floor(m[1] * 20) / 20:.2f}" for _, m in drops)
+                scratch.register("new_reps", pa.table({
+                    "key": pa.array([keys[o] for o in reps], pa.uint64()), "ord": rep_ords,
+                    "kept_ord": pa.array([matches[o][0] if o in matches else None for o in reps], pa.int64()),
+                    "jaccard": pa.array([matches[o][1] if o in matches else None for o in reps], pa.float64())}))
+                scratch.execute("INSERT INTO exact_reps SELECT * FROM new_reps")
+                keep = np.array(kept, dtype=bool)
+                scratch.register("new_kept", pa.table({"bucket": band[keep].reshape(-1),
+                                                       "ord": np.repeat(rep_ords[keep], bands)}))
+                scratch.execute("INSERT INTO kept_bands SELECT * FROM new_kept")
+                for o, k in zip(reps, kept):
+                    if k:
+                        cache.put(o, sets[o])
+                done += len(batch)
+                progress(done, f"{dropped:,} dropped, {pairs_verified:,} pairs verified")
+        finally:
+            scratch.close()
         stage.rows.close()
-        pairs_path = tmp / "pairs.parquet"
-        # Exact duplicates (same shingle set) need no LSH: the first of each group represents it. Candidate pairs
-        # are built among representatives only, so a group of 10,000 copies costs nothing quadratic.
-        with warehouse.connect() as con:
-            con.execute(
-                "CREATE TEMP TABLE reps AS SELECT ord, min(ord) OVER (PARTITION BY exact_key) AS rep "
-                "FROM read_parquet(?)", [str(stage.rows.path)])
-            con.execute(
-                f"COPY (SELECT DISTINCT a.ord AS i, b.ord AS j FROM read_parquet(?) a JOIN read_parquet(?) b "
-                f"ON a.bucket = b.bucket AND a.ord < b.ord "
-                f"WHERE a.ord IN (SELECT ord FROM reps WHERE ord = rep) AND b.ord IN (SELECT ord FROM reps WHERE ord = rep) "
-                f"ORDER BY j, i) TO '{pairs_path}' (FORMAT parquet)", [str(tmp / "bands.parquet")] * 2)
-            followers = con.execute("SELECT ord, rep FROM reps WHERE ord <> rep ORDER BY ord").fetchall()
-        context.log.info(f"sft_deduped: {n:,} rows, {len(followers):,} exact copies, LSH bands={bands}×{rows_per_band}")
-
-        # Greedy pass over candidate pairs in order of the later row: drop j when it matches an earlier kept i.
-        max_ord = n + 1
-        kept = np.ones(max_ord + 1, dtype=bool)
-        match_ord = np.full(max_ord + 1, -1, dtype=np.int64)
-        match_sim = np.zeros(max_ord + 1, dtype=np.float32)
-        pairs_total = pairs_verified = 0
-        pf = pq.ParquetFile(pairs_path)
-        for rb in pf.iter_batches(batch_size=config.pair_chunk):
-            ii = rb.column("i").to_numpy()
-            jj = rb.column("j").to_numpy()
-            pairs_total += len(ii)
-            need = np.unique(np.concatenate([ii, jj]))
-            sets = _shingle_sets(warehouse, need.tolist(), config.ngram, hasher)
-            for i, j in zip(ii.tolist(), jj.tolist()):
-                if not kept[j] or not kept[i]:
-                    continue
-                pairs_verified += 1
-                sim = dedup.jaccard(sets[i], sets[j])
-                if sim >= config.threshold:
-                    kept[j] = False
-                    match_ord[j], match_sim[j] = i, sim
-        for f, rep in followers:
-            kept[f] = False
-            if kept[rep]:
-                match_ord[f], match_sim[f] = rep, 1.0
-            else:
-                match_ord[f], match_sim[f] = match_ord[rep], match_sim[rep]
-        dropped = np.flatnonzero(~kept[: max_ord + 1])
-        drop_table = pa.table({"ord": dropped.astype(np.int64), "kept_ord": match_ord[dropped],
-                               "jaccard": match_sim[dropped].astype(np.float64)})
-        pq.write_table(drop_table, tmp / "dropped.parquet")
+        context.log.info(f"sft_deduped: {n:,} rows, {exact_copies:,} exact copies, {dropped:,} dropped, "
+                         f"LSH bands={bands}×{rows_per_band}, {pairs_verified:,} pairs verified")
         with warehouse.connect() as con:
             con.execute(
                 f"COPY (SELECT d.id AS row_id, 'near_duplicate' AS reason, "
                 f"'kept=' || k.id || ' jaccard=' || printf('%.3f', x.jaccard) AS detail "
                 f"FROM read_parquet(?) x JOIN sft_candidates d ON d.cand_order = x.ord "
                 f"JOIN sft_candidates k ON k.cand_order = x.kept_ord ORDER BY x.ord) TO '{stage.ledger.path}.dup' "
-                "(FORMAT parquet)", [str(tmp / "dropped.parquet")])
+                "(FORMAT parquet)", [str(stage.rows.path)])
         warehouse.replace_table(
             table="sft_deduped", asset="sft_deduped", ledger_path=Path(f"{stage.ledger.path}.dup"),
             run_id=context.run.run_id,
             select_sql="SELECT * FROM sft_candidates WHERE cand_order NOT IN (SELECT ord FROM read_parquet(?)) "
-                       "ORDER BY cand_order", params=[str(tmp / "dropped.parquet")])
+                       "ORDER BY cand_order", params=[str(stage.rows.path)])
     written = _count(warehouse, "sft_deduped")
     ledger = warehouse.ledger_counts("sft_deduped")
     lsh = {"ngram": config.ngram, "threshold": config.threshold, "num_perm": config.num_perm, "bands": bands,
            "rows_per_band": rows_per_band, "p_candidate_at_threshold": round(
                1 - (1 - config.threshold ** rows_per_band) ** bands, 6)}
     warehouse.record_stage("sft_deduped", context.run.run_id, lsh,
-                           {"rows_in": n, "dropped": int(len(dropped)), "exact_copies": len(followers)})
-    sims = match_sim[dropped]
-    hist = Counter(f"{np.floor(s * 20) / 20:.2f}" for s in sims.tolist())
+                           {"rows_in": n, "dropped": dropped, "exact_copies": exact_copies})
     examples = warehouse.fetch(
         "SELECT l.row_id, l.detail, c.messages[len(c.messages)].content FROM row_ledger l "
         "JOIN sft_candidates c ON c.id = l.row_id WHERE l.asset = 'sft_deduped' ORDER BY l.row_id LIMIT 5")
@@ -285,14 +333,15 @@ def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehous
             "dagster/row_count": written,
             "dagster/column_schema": _schema(),
             "rows_in": n,
-            "dropped": len(dropped),
-            "dropped_share": round(len(dropped) / n, 4) if n else 0.0,
-            "exact_copies": len(followers),
+            "dropped": dropped,
+            "dropped_share": round(dropped / n, 4) if n else 0.0,
+            "exact_copies": exact_copies,
             "lsh": dg.MetadataValue.json(lsh),
             "candidate_pairs": pairs_total,
             "pairs_verified": pairs_verified,
+            "kept_sets_reread": cache.misses,
             "rows_per_s": round(n / elapsed, 1) if elapsed > 0 else 0.0,
-            "jaccard_of_dropped": dg.MetadataValue.md(histogram_markdown(dict(sorted(hist.items())), "jaccard ≥")),
+            "jaccard_of_dropped": dg.MetadataValue.md(histogram_markdown(dict(sorted(sims.items())), "jaccard ≥")),
             "rejected_by_reason": dg.MetadataValue.md(histogram_markdown(ledger, "reason")),
             "examples_dropped": dg.MetadataValue.md(markdown_table(["row", "detail", "response"], examples, 160)),
             "rows_by_source": dg.MetadataValue.md(_breakdown(warehouse, "sft_deduped")),
@@ -300,12 +349,6 @@ def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehous
         },
         check_results=[checks.rows_conserved(n, written, sum(ledger.values()))],
     )
-
-
-def _shingle_sets(warehouse: Warehouse, ords: list[int], ngram: int, hasher) -> dict[int, np.ndarray]:
-    rows = warehouse.fetch("SELECT cand_order, messages FROM sft_candidates WHERE cand_order IN "
-                           "(SELECT unnest(?::BIGINT[]))", [ords])
-    return {o: dedup.shingle_hashes(_response(m), ngram, hasher) for o, m in rows}
 
 
 # ---- sft_decontaminated ---------------------------------------------------------------------------------------

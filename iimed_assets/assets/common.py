@@ -116,7 +116,7 @@ class Progress:
         self.started = time.perf_counter()
         self.last = self.started
 
-    def __call__(self, done: int, _elapsed: float | None = None) -> None:
+    def __call__(self, done: int, note: str | float | None = None) -> None:
         now = time.perf_counter()
         if now - self.last < self.every_s:
             return
@@ -126,6 +126,8 @@ class Progress:
         if self.total:
             eta = (self.total - done) / rate if rate > 0 else float("inf")
             msg += f", {done / self.total:.1%} done, ETA {eta:,.0f}s"
+        if isinstance(note, str):  # a stage's own running counts
+            msg += f"; {note}"
         self.log(msg)
 
 

@@ -20,7 +20,7 @@ import re
 import zlib
 from itertools import repeat
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -213,33 +213,60 @@ class DedupResult:
     candidate_pairs: int = 0
 
 
+def greedy_verify(ords: Sequence[int], sets: Sequence[np.ndarray], keys: np.ndarray, threshold: float,
+                  prior: Mapping[int, Sequence[int]] | None = None,
+                  prior_set: Callable[[int], np.ndarray] | None = None) -> tuple[list[bool], dict[int, tuple[int, float]], int, int]:
+    """The greedy rule over one chunk of rows: rows `ords` (ascending, each with shingles; `sets[k]` its shingle set,
+    `keys[k]` its LSH bucket keys) are taken in order, and each is compared, smallest row first, with the earlier
+    *kept* rows it shares a bucket with: first `prior[ord]` (kept rows of earlier chunks, ascending, their sets from
+    `prior_set`), then the kept rows of this chunk. The first with exact Jaccard >= threshold drops it.
+    Only kept rows enter the buckets, so a cluster of near-copies of one text costs one pair per copy, not c²/2.
+    Returns (kept flag per row, dropped ord -> (kept ord, Jaccard), candidate pairs, pairs verified)."""
+    buckets: dict[int, list[int]] = {}
+    local: dict[int, np.ndarray] = {}
+    kept: list[bool] = []
+    matches: dict[int, tuple[int, float]] = {}
+    pairs = verified = 0
+    for o, s, row_keys in zip(ords, sets, keys.tolist()):
+        earlier = prior.get(o, ()) if prior else ()
+        here = sorted({j for k in row_keys for j in buckets.get(k, ())})
+        pairs += len(earlier) + len(here)
+        match = None
+        for j in earlier:
+            verified += 1
+            sim = jaccard(s, prior_set(j))
+            if sim >= threshold:
+                match = (j, sim)
+                break
+        if match is None:
+            for j in here:
+                verified += 1
+                sim = jaccard(s, local[j])
+                if sim >= threshold:
+                    match = (j, sim)
+                    break
+        kept.append(match is None)
+        if match is None:
+            local[o] = s
+            for k in row_keys:
+                buckets.setdefault(k, []).append(o)
+        else:
+            matches[o] = match
+    return kept, matches, pairs, verified
+
+
 def near_duplicates(texts: Iterable[str], *, ngram: int = 4, threshold: float = 0.7, num_perm: int = 128,
                     seed: int = 1) -> DedupResult:
-    """In-memory greedy dedup in input order (for notebooks and tests; the asset runs the same rule with its
-    buckets in DuckDB). Only kept texts enter the LSH buckets, so a text is compared with earlier *kept* ones."""
+    """In-memory greedy dedup in input order (for notebooks and tests; the asset runs the same `greedy_verify`
+    chunk by chunk with the kept rows' buckets in DuckDB)."""
     hashes, counts = shingle_batch(list(texts), ngram)
     ends = np.cumsum(counts)
     sets = [np.unique(hashes[e - c:e]) for e, c in zip(ends.tolist(), counts.tolist())]
     bands, rows = lsh_params(num_perm, threshold)
     keys = band_keys(MinHasher(num_perm, seed).signatures(hashes, counts), bands, rows)
-    buckets: dict[int, list[int]] = {}
-    drop = [False] * len(sets)
-    matches: dict[int, tuple[int, float]] = {}
-    pairs = 0
-    for i, s in enumerate(sets):
-        if len(s) == 0:
-            continue
-        cands = sorted({j for k in keys[i].tolist() for j in buckets.get(k, ())})
-        pairs += len(cands)
-        for j in cands:
-            sim = jaccard(s, sets[j])
-            if sim >= threshold:
-                drop[i] = True
-                matches[i] = (j, sim)
-                break
-        if not drop[i]:
-            for k in keys[i].tolist():
-                buckets.setdefault(k, []).append(i)
+    has = np.flatnonzero(counts > 0)
+    _, matches, pairs, _ = greedy_verify(has.tolist(), [sets[i] for i in has.tolist()], keys[has], threshold)
+    drop = [i in matches for i in range(len(sets))]
     return DedupResult(drop, matches, pairs)
 
 
