@@ -181,7 +181,10 @@ def _brute_force(texts, eval_texts, t=80.0):
 
 def test_fuzzy_equals_brute_force_on_real_prompts():
     rng = random.Random(1)
-    evals = [json.loads(line)["question"] for line in open(SAMPLE_DIR / "medqa/test_4options.jsonl")][:600]
+    medqa = [json.loads(line) for line in open(SAMPLE_DIR / "medqa/test_4options.jsonl")][:600]
+    evals = [r["question"] for r in medqa]
+    # indexed as the eval index does: bare question, and question + options (a prefix pair sharing a kernel lane)
+    evals += [r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(r["options"].items())) for r in medqa[:300]]
     evals += [json.loads(line)["instances"]["input"] for line in open(SAMPLE_DIR / "selfbiorag/live_qa_test.jsonl")][:50]
     prompts = [r["input"] for r in CHATDOCTOR]
     # near copies at several edit strengths, so scores land on both sides of 80
@@ -203,13 +206,20 @@ def test_fuzzy_equals_brute_force_on_real_prompts():
     # threads split the prompts; the answer (and the scores) stay the same
     again = decontam.FuzzyIndex(evals).match_batch(prompts, workers=2)
     assert again == index.match_batch(prompts)
+    # both kernel orientations (rows over the eval text, or over the prompt when the eval text is longer) agree
+    for transpose_min, transposed in ((0, True), (10**9, False)):
+        other = decontam.FuzzyIndex(evals)
+        other.transpose_min, other.chunk = transpose_min, 64
+        assert other.match_batch(prompts) == again and (other.pairs_transposed > 0) == transposed
+        assert other.pairs_shared > 0 and other.pairs_lcs == index.pairs_lcs / 2  # index ran twice
 
 
 def test_lcs_kernel_is_exact_at_and_around_every_cutoff():
     """The kernel returns the true LCS whenever it reaches `need` and a negative answer only when it does not,
     across word boundaries (63/64/65, 127-129 characters), unequal lengths, non-ASCII text (its own bucket) and
     needs just below, at and above the true value; the true LCS is rapidfuzz's. Each prompt meets a batch of
-    texts, so pairs run two at a time with lanes starting, stopping early and ending at different rows."""
+    texts, so pairs run two at a time with lanes starting, stopping early and ending at different rows; with
+    share_prefixes, a prefix of a text (equal texts too) rides in that text's lane and is decided on its bits."""
     from rapidfuzz.distance import LCSseq
 
     from iimed_assets.core import lcs
@@ -231,20 +241,22 @@ def test_lcs_kernel_is_exact_at_and_around_every_cutoff():
                     else:
                         chars.insert(rng.randrange(len(chars) + 1), rng.choice("abcz"))
                 b = "".join(chars)
-            true = LCSseq.similarity(a, b)
-            for need in {max(0, true - 1), true, true + 1, rng.randint(0, max(len(a), 1))}:
-                bs.append(b)
-                needs.append(need)
-                truth.append(true)
-        for b, need, true, got in zip(bs, needs, truth, lcs.lcs_if_at_least(a, bs, needs)):
-            checked += 1
-            if true >= need:
-                assert got == true, (a, b, need)
-            else:
-                assert got < 0, (a, b, need)
-                pruned += 1
-                early += got == -2
-    assert checked > 2000 and pruned > 500 and early > 50
+            for b in (b, b[:rng.randint(0, len(b))]):  # and a prefix of it, to share its lane
+                true = LCSseq.similarity(a, b)
+                for need in {max(0, true - 1), true, true + 1, rng.randint(0, max(len(a), 1))}:
+                    bs.append(b)
+                    needs.append(need)
+                    truth.append(true)
+        for share in (False, True):
+            for b, need, true, got in zip(bs, needs, truth, lcs.lcs_if_at_least(a, bs, needs, share)):
+                checked += 1
+                if true >= need:
+                    assert got == true, (a, b, need, share)
+                else:
+                    assert got < 0, (a, b, need, share)
+                    pruned += 1
+                    early += got == -2
+    assert checked > 4000 and pruned > 1000 and early > 100
 
 
 # ---- proof on real data -------------------------------------------------------------------------------------

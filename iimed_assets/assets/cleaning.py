@@ -485,6 +485,8 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             "fuzzy_pairs_lcs": fuzzy_index.pairs_lcs,
             "fuzzy_pairs_early_exit": fuzzy_index.pairs_early_exit,
             "fuzzy_pairs_scored": fuzzy_index.pairs_scored,
+            "fuzzy_pairs_transposed": fuzzy_index.pairs_transposed,
+            "fuzzy_pairs_shared_lane": fuzzy_index.pairs_shared,
             "fuzzy_lcs_rows_read_share": round(fuzzy_index.lcs_rows_read / fuzzy_index.lcs_rows_total, 4)
             if fuzzy_index.lcs_rows_total else 0.0,
             "parameters": dg.MetadataValue.json(config.model_dump()),
