@@ -1,5 +1,5 @@
 """Peak memory of the cleaning stages as the row count grows: sft_deduped (and with --decontam
-sft_decontaminated; real asset code, real DuckDB file with memory_limit=1GB) on generated candidates, at --small
+sft_decontaminated; real asset code, real DuckDB file with memory_limit --duckdb-memory, default 1GB) on generated candidates, at --small
 and --rows. Responses are
 ~120 words of real medical text (12 spans of 10 words from random places in ChatDoctor answers and HuatuoGPT-o1
 reasoning, so distinct responses share few 4-grams, as distinct real answers do) with 5% exact copies and 5% copies
@@ -80,7 +80,7 @@ def child(rows: int, workdir: str) -> None:
     print(json.dumps({"rows": rows, "setup_peak_rss_mb": round(_peak_mb())}))
 
 
-def stage(workdir: str, with_decontam: bool) -> None:
+def stage(workdir: str, with_decontam: bool, duckdb_memory: str) -> None:
     """The stages alone, in a fresh process on the warehouse `child` left: its peak is the stages' own (plus the
     imports, reported apart)."""
     import dagster as dg
@@ -92,7 +92,8 @@ def stage(workdir: str, with_decontam: bool) -> None:
     t = time.perf_counter()
     stages = [sft_deduped, sft_decontaminated] if with_decontam else [sft_deduped]
     res = dg.materialize(stages, resources={"warehouse": Warehouse(path=str(Path(workdir) / "warehouse.duckdb"),
-                                                                   memory_limit="1GB")})
+                                                                   memory_limit=duckdb_memory)},
+                         run_config={"ops": {"sft_deduped": {"config": {"scratch_memory": duckdb_memory}}}})
     assert res.success
     elapsed = time.perf_counter() - t
     print(json.dumps({"peak_rss_mb": round(_peak_mb()), "imports_rss_mb": round(imports_rss),
@@ -117,12 +118,13 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(rows: int, with_decontam: bool) -> dict:
+def run(rows: int, with_decontam: bool, duckdb_memory: str) -> dict:
     """Setup and stages in two fresh processes, so the stage's peak holds nothing of the data generation."""
     with tempfile.TemporaryDirectory() as tmp:
         result = {}
         for mode in ("setup", "stage"):
-            out = subprocess.run([sys.executable, __file__, "--child", str(rows), tmp, str(int(with_decontam)), mode],
+            out = subprocess.run([sys.executable, __file__, "--child", str(rows), tmp, str(int(with_decontam)), mode,
+                                  duckdb_memory],
                                  capture_output=True, text=True)
             if out.returncode:
                 raise SystemExit(out.stderr[-3000:])
@@ -135,16 +137,19 @@ def main() -> None:
         if sys.argv[5] == "setup":
             child(int(sys.argv[2]), sys.argv[3])
         else:
-            stage(sys.argv[3], sys.argv[4] == "1")
+            stage(sys.argv[3], sys.argv[4] == "1", sys.argv[6])
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--decontam", action="store_true",
                     help="also run sft_decontaminated (its exact fuzzy step costs ~10 ms per prompt on 2 cores)")
+    ap.add_argument("--duckdb-memory", default="1GB",
+                    help="memory_limit of the warehouse connection and of sft_deduped's scratch database")
     args = ap.parse_args()
-    small, big = run(args.small, args.decontam), run(args.rows, args.decontam)
-    print(f"stages={'sft_deduped+sft_decontaminated' if args.decontam else 'sft_deduped'} rows_small={small['rows']} "
+    small, big = run(args.small, args.decontam, args.duckdb_memory), run(args.rows, args.decontam, args.duckdb_memory)
+    print(f"stages={'sft_deduped+sft_decontaminated' if args.decontam else 'sft_deduped'} "
+          f"duckdb_memory={args.duckdb_memory} rows_small={small['rows']} "
           f"rows={big['rows']} setup_peak_rss_mb_small={small['setup_peak_rss_mb']} "
           f"setup_peak_rss_mb={big['setup_peak_rss_mb']} peak_rss_mb_small={small['peak_rss_mb']} "
           f"peak_rss_mb={big['peak_rss_mb']} rss_growth={big['peak_rss_mb'] / small['peak_rss_mb']:.2f} "

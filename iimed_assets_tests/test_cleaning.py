@@ -61,7 +61,8 @@ def test_sft_deduped_asset_equals_brute_force_across_chunks(tmp_path):
     wh = tmp_path / "wh.duckdb"
     con = duckdb.connect(str(wh))
     con.execute("CREATE TABLE sft_candidates AS SELECT 'r' || lpad(i::VARCHAR, 5, '0') AS id, 'chatdoctor' AS "
-                "source, 'instruct' AS section, 'q' AS prompt, [{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': t}] AS messages, "
+                "source, 'instruct' AS section, 'q' AS prompt, "
+                "[{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': t}] AS messages, "
                 "i AS cand_order FROM (SELECT unnest(?::VARCHAR[]) AS t, generate_subscripts(?::VARCHAR[], 1) AS i)",
                 [texts, texts])
     con.close()
@@ -184,7 +185,8 @@ def test_fuzzy_equals_brute_force_on_real_prompts():
     medqa = [json.loads(line) for line in open(SAMPLE_DIR / "medqa/test_4options.jsonl")][:600]
     evals = [r["question"] for r in medqa]
     # indexed as the eval index does: bare question, and question + options (a prefix pair sharing a kernel lane)
-    evals += [r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(r["options"].items())) for r in medqa[:300]]
+    evals += [r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in sorted(r["options"].items()))
+              for r in medqa[:300]]
     evals += [json.loads(line)["instances"]["input"] for line in open(SAMPLE_DIR / "selfbiorag/live_qa_test.jsonl")][:50]
     prompts = [r["input"] for r in CHATDOCTOR]
     # near copies at several edit strengths, so scores land on both sides of 80

@@ -215,7 +215,8 @@ class DedupResult:
 
 def greedy_verify(ords: Sequence[int], sets: Sequence[np.ndarray], keys: np.ndarray, threshold: float,
                   prior: Mapping[int, Sequence[int]] | None = None,
-                  prior_set: Callable[[int], np.ndarray] | None = None) -> tuple[list[bool], dict[int, tuple[int, float]], int, int]:
+                  prior_set: Callable[[int], np.ndarray] | None = None,
+                  ) -> tuple[list[bool], dict[int, tuple[int, float]], int, int]:
     """The greedy rule over one chunk of rows: rows `ords` (ascending, each with shingles; `sets[k]` its shingle set,
     `keys[k]` its LSH bucket keys) are taken in order, and each is compared, smallest row first, with the earlier
     *kept* rows it shares a bucket with: first `prior[ord]` (kept rows of earlier chunks, ascending, their sets from

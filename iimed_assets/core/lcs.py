@@ -17,11 +17,19 @@ of eval texts b, and proves "no" for nearly every pair long before the full LCS 
      first alone the maximum sits at k* = la - (lb - i), so LCS <= D(k*) + lb - i; with both it is taken over
      blocks of BLOCK characters of a (D(k) <= D(block end), suffix counts at the block start). When the bound
      falls below need, the pair is out. Unrelated texts of similar length fail it after about a fifth of b.
+     Only splits k >= the band's bottom are tried (a path reaching need crosses row i inside the band), and the
+     words below the band are frozen, so their zero bits are counted once: a check costs O(band), not O(la).
    - the top of the band shrinks too: a match (x, y) on such a path has at most y matches before it and at most
      the bucket bound of a[x:] and b[y:] from it on, so blocks of a whose bound cannot reach need are skipped.
    The row loop runs word-major inside blocks of ROWS_PER_CHECK rows (a word stays in a register across the
    rows), two pairs at a time with their independent carry chains interleaved: about twice as fast here as a
    row-major version of the same kernel (the order rapidfuzz uses for one pair).
+
+Which text is the row text: the prefix bound rules a pair out once the rows have lost more than their slack
+(length - need), so the shorter text should be the rows. `candidates` runs the eval texts no longer than the prompt
+(bits over the prompt), and leaves the longer ones to `transposed` (bits over the eval text, its prompts as rows).
+A bare question and the same question followed by its options (one a prefix of the other) share a lane: the rows
+are read once, over the union of their bands, and both bounds are checked on the same bits.
 
 A pair that survives all of it has LCS >= need, i.e. it really matches; the caller rescoring it with rapidfuzz
 keeps the answer identical to brute force down to the last floating-point digit.
