@@ -261,7 +261,7 @@ class FuzzyIndex:
         self.pairs_lcs = 0          # ... that passed the character bound and went to the bit-parallel LCS
         self.pairs_early_exit = 0   # ... that its prefix bound dropped before the end of the text
         self.pairs_scored = 0       # ... that reached the threshold and rapidfuzz scored
-        self.lcs_rows_read = 0      # characters of eval text the LCS kernel read, of
+        self.lcs_rows_read = 0      # characters of row text the LCS kernel read, of
         self.lcs_rows_total = 0     # ... the characters of the row texts it was given
         self.pairs_transposed = 0   # kernel pairs run with the prompt as the row text (the eval text is longer)
         self.pairs_shared = 0       # kernel pairs decided in the lane of their extension (bare question + options)
@@ -295,9 +295,7 @@ class FuzzyIndex:
         self.pairs_shared += int(stats[lcs.SHARED])
         return out
 
-    def _match(self, processed: list[str], rows: Iterable[int], out: list[FuzzyHit | None],
-               chunk: int = 0) -> np.ndarray:
-        chunk = chunk or self.chunk
+    def _match(self, processed: list[str], rows: Iterable[int], out: list[FuzzyHit | None]) -> np.ndarray:
         from rapidfuzz import fuzz, process
 
         t = self.threshold
@@ -306,6 +304,7 @@ class FuzzyIndex:
         mark = np.full(len(self.texts), -1, dtype=np.int64)
         scratch = [np.empty(len(self.texts), dtype=np.int64) for _ in range(7)]
         rows = list(rows)
+        chunk = self.chunk
         for start in range(0, len(rows), chunk):
             transpose = len(rows[start:start + chunk]) >= self.transpose_min
             hits: dict[int, list[int]] = {}
