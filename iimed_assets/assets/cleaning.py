@@ -196,11 +196,10 @@ class _SetCache:
             self.misses += len(missing)
             rows = self.warehouse.fetch("SELECT cand_order, messages FROM sft_candidates WHERE cand_order IN "
                                         "(SELECT unnest(?::BIGINT[]))", [missing])
-            hashes, counts = dedup.shingle_batch([_response(m) for _, m in rows], self.ngram, self.hasher)
-            ends = np.cumsum(counts)
-            for (o, _), e, c in zip(rows, ends.tolist(), counts.tolist()):
-                out[o] = np.unique(hashes[e - c:e])
-                self.put(o, out[o])
+            for (o, _), shingles in zip(rows, dedup.shingle_sets([_response(m) for _, m in rows], self.ngram,
+                                                                 self.hasher)):
+                out[o] = shingles
+                self.put(o, shingles)
         return out
 
 
@@ -240,8 +239,7 @@ def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehous
                                                 batch_rows=config.batch_rows):
                 ords = [r["cand_order"] for r in batch]
                 hashes, counts = dedup.shingle_batch([_response(r["messages"]) for r in batch], config.ngram, hasher)
-                ends = np.cumsum(counts).tolist()
-                sets = {o: np.unique(hashes[e - c:e]) for o, e, c in zip(ords, ends, counts.tolist()) if c}
+                sets = {o: x for o, x in zip(ords, dedup.split_sets(hashes, counts)) if len(x)}
                 keys = {o: _exact_key(s) for o, s in sets.items()}  # a row with no shingle is never a duplicate
                 known = dict(scratch.execute(
                     "SELECT key, [ord, kept_ord, jaccard] FROM exact_reps WHERE key IN (SELECT unnest(?::UBIGINT[]))",

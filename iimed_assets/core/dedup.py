@@ -122,10 +122,20 @@ def shingle_batch(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | No
     return h, counts
 
 
+def split_sets(hashes: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """`shingle_batch` output cut into each text's shingle set (sorted unique hashes)."""
+    ends = np.cumsum(counts).tolist()
+    return [np.unique(hashes[e - c:e]) for e, c in zip(ends, counts.tolist())]
+
+
+def shingle_sets(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None) -> list[np.ndarray]:
+    """Each text's shingle set, from one vectorised `shingle_batch`."""
+    return split_sets(*shingle_batch(texts, ngram, hasher))
+
+
 def shingle_hashes(text: str, ngram: int = 4, hasher: _WordHasher | None = None) -> np.ndarray:
     """The sorted unique 64-bit hashes of one text's word n-grams: its shingle set."""
-    h, _ = shingle_batch([text], ngram, hasher)
-    return np.unique(h)
+    return shingle_sets([text], ngram, hasher)[0]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -261,8 +271,7 @@ def near_duplicates(texts: Iterable[str], *, ngram: int = 4, threshold: float = 
     """In-memory greedy dedup in input order (for notebooks and tests; the asset runs the same `greedy_verify`
     chunk by chunk with the kept rows' buckets in DuckDB)."""
     hashes, counts = shingle_batch(list(texts), ngram)
-    ends = np.cumsum(counts)
-    sets = [np.unique(hashes[e - c:e]) for e, c in zip(ends.tolist(), counts.tolist())]
+    sets = split_sets(hashes, counts)
     bands, rows = lsh_params(num_perm, threshold)
     keys = band_keys(MinHasher(num_perm, seed).signatures(hashes, counts), bands, rows)
     has = np.flatnonzero(counts > 0)

@@ -157,10 +157,8 @@ def scan(pm, psuf, la, e_codes, e_start, e_len, e_hist, bucket, slot, js, needs,
                 nq_ = needs[sh[l]]
                 need = min(need, nq_)
                 slack_b = max(slack_b, lq - nq_)
-                end = max(end, lq)
+                end = lq  # a block ends where the short text does (a prefix: lq <= lb)
             n = min(ROWS_PER_CHECK, end - done[l])
-            if sh[l] >= 0:
-                n = min(n, e_len[js[sh[l]]] - done[l])  # a block ends where the short text does
             taken[l] = n
             # A match (x, y) on a path of length >= need has at most y matches before it and at most
             # min(la - x, lb - y, bucket bound of a[x:] and b[y:]) from it on: block q of a (x >= q·BLOCK) is out of
