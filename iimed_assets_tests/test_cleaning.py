@@ -511,8 +511,8 @@ def test_swap_of_a_killed_run_leaves_the_previous_rows_and_its_staged_tables_are
     before = wh.fetch("SELECT * FROM stage_t ORDER BY ALL")
     code = (f"import os\nfrom iimed_assets.resources.warehouse import Warehouse, Select, Swap\n"
             f"wh = Warehouse(path={str(wh.database)!r})\n"
-            "swap = Swap('stage_t', Select('stage_t', \"SELECT 'z' || i AS id, 'p1' AS source, i AS v FROM range(4) t(i)\"),"
-            " partition='p1')\n"
+            "rows = Select('stage_t', \"SELECT 'z' || i AS id, 'p1' AS source, i AS v FROM range(4) t(i)\")\n"
+            "swap = Swap('stage_t', rows, partition='p1')\n"
             "wh.swap(swap, run_id='killed', checks=lambda staged: os._exit(9), blocking={'x'})\n")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 9
     staged = [t for (t,) in wh.fetch("SELECT table_name FROM information_schema.tables") if t.startswith("_staged_")]

@@ -1,7 +1,8 @@
 """Cleaning and output: the four sections merged, response dedup, two-step decontamination, the final split,
 the export and the dataset card. One module per asset, read in this order:
 
-    candidates.sft_candidates ─► dedup.sft_deduped ─► decontam.sft_decontaminated ─► final.sft_final ─► export.sft_export
+    candidates.py     dedup.py       decontam.py            final.py     export.py
+    sft_candidates ─► sft_deduped ─► sft_decontaminated ─► sft_final ─► sft_export
 
 All of them are unpartitioned (dedup and decontamination look across every source). Each stage streams its input
 in `cand_order` batches into its algorithm in `core/` (`core.dedup.StreamingDedup`, `core.decontam.Decontaminator`,
