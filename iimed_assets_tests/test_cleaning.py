@@ -140,6 +140,48 @@ def test_minhash_estimates_jaccard_like_datasketch():
     assert err_ours < 0.04 and err_ours < 1.5 * err_theirs + 0.01
 
 
+def _reference_shingles(texts, ngram, tokenize):
+    """Shingle hashes by their definition, one Python step at a time: crc32 word hashes, h = mix(h·P1 + w)."""
+    import zlib
+
+    hashes, counts = [], []
+    with np.errstate(over="ignore"):
+        for t in texts:
+            words = [w.encode("utf-8", "surrogatepass") for w in tokenize(t)]
+            w = [np.uint64((zlib.crc32(b) << 32) | zlib.crc32(b, 0x5BD1E995)) for b in words]
+            n = max(len(w) - ngram + 1, 1) if w else 0
+            padded = w + [np.uint64(0)] * (ngram - 1)
+            for start in range(n):
+                h = np.uint64(0)
+                for k in range(ngram):
+                    h = dedup._mix(h * dedup._P1 + padded[start + k])
+                hashes.append(h)
+            counts.append(n)
+    return np.array(hashes, dtype=np.uint64), np.array(counts, dtype=np.int64)
+
+
+def test_minhash_kernels_are_bit_identical_to_numpy():
+    """The numba kernels (ASCII fast path, Unicode path through the word-hash cache) give exactly the shingles of
+    the definition, and signatures equal the numpy (shingles × permutations) minimum."""
+    texts = [r["output"] for r in CHATDOCTOR[:40]] + [r["input"] for r in CHATDOCTOR[:20]]
+    texts += ["", "!!!", "a", "a b", "Temp 38.5°C — fever”", "Kelvin \u212a and İstanbul", "Straße ÄÖÜ groß",
+              "中文 混合 text 123", "tab\tsep\nnew_line under_score", "lone \ud800 surrogate", "UPPER lower MiXeD"]
+    texts += [t.upper() for t in texts[:5]]
+    assert any(not t.isascii() for t in texts) and any(t.isascii() for t in texts)
+    for ngram, tokenize in ((4, dedup.tokens), (8, decontam.normalized_words), (1, dedup.tokens)):
+        want_h, want_c = _reference_shingles(texts, ngram, tokenize)
+        got_h, got_c = dedup.shingle_batch(texts, ngram, tokenize=tokenize)
+        assert got_c.tolist() == want_c.tolist() and got_h.tolist() == want_h.tolist(), ngram
+    mh = dedup.MinHasher(64, seed=5)
+    h, c = dedup.shingle_batch(texts)
+    sig = mh.signatures(h, c)
+    x = (h ^ (h >> np.uint64(32))).astype(np.uint32)
+    ends = np.cumsum(c)
+    for d, (e, n) in enumerate(zip(ends.tolist(), c.tolist())):
+        want = (x[e - n:e, None] * mh.a[None, :] + mh.b[None, :]).min(axis=0) if n else np.full(64, 0xFFFFFFFF)
+        assert (sig[d] == want).all(), d
+
+
 def test_lsh_params_sit_below_the_threshold():
     b, r = dedup.lsh_params(128, 0.7)
     assert b * r == 128 and (1 / b) ** (1 / r) < 0.7 and 1 - (1 - 0.7 ** r) ** b > 0.999

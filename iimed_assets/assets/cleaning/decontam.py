@@ -68,17 +68,15 @@ def decontam_metadata(warehouse: Warehouse, finder: decontam.Decontaminator, con
     }
 
 
-@dg.asset(
-    group_name="cleaning",
-    kinds={"duckdb"},
-    deps=["sft_deduped", "eval_items"],
-    check_specs=[
-        dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="sft_decontaminated", blocking=True,
-                          description="Every deduped row is kept or ledgered with the eval item it matches."),
-        dg.AssetCheckSpec(NO_CONTAMINATION, asset="sft_decontaminated", blocking=True,
-                          description="Re-running the 8-gram test against all eval sets finds nothing."),
-    ],
-)
+CHECK_SPECS = [
+    dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="sft_decontaminated", blocking=True,
+                      description="Every deduped row is kept or ledgered with the eval item it matches."),
+    dg.AssetCheckSpec(NO_CONTAMINATION, asset="sft_decontaminated", blocking=True,
+                      description="Re-running the 8-gram test against all eval sets finds nothing."),
+]
+
+
+@dg.asset(group_name="cleaning", kinds={"duckdb"}, deps=["sft_deduped", "eval_items"], check_specs=CHECK_SPECS)
 def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig,
                        warehouse: Warehouse) -> dg.MaterializeResult:
     """Prompts that copy an eval item removed: step 1 shared word 8-grams, step 2 rapidfuzz ratio >= 80."""
