@@ -84,9 +84,11 @@ def ledger_markdown(counts: Mapping[str, int], total_in: int) -> str:
     return markdown_table(["reason", "rows", "share of input"], rows)
 
 
-def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, asset: str) -> dict[str, Any]:
-    """Counts, shares and a preview of one source partition, read in one connection."""
-    table = check_identifier(table)
+def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, asset: str,
+                           ledger_table: str = LEDGER_TABLE) -> dict[str, Any]:
+    """Counts, shares and a preview of one source partition, read in one connection. Before a swap, pass the
+    staged tables (`staged.table`, `ledger_table=staged.ledger`) to check the rows about to be swapped in."""
+    table, ledger_table = check_identifier(table), check_identifier(ledger_table)
     with warehouse.connect() as con:
         rows, empty, with_think, with_options, with_gold = con.execute(
             f"""SELECT count(*),
@@ -104,10 +106,10 @@ def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, ass
                        messages[len(messages)].content AS last_turn
                 FROM {table} WHERE source = ? ORDER BY id LIMIT 5""", [partition]).fetchall()
         ledger = dict(con.execute(
-            f"SELECT reason, count(*) FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
+            f"SELECT reason, count(*) FROM {ledger_table} WHERE asset = ? AND partition = ? "
             "GROUP BY 1 ORDER BY 2 DESC, 1", [asset, partition]).fetchall())
         ledger_examples = con.execute(
-            f"SELECT reason, row_id, detail FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
+            f"SELECT reason, row_id, detail FROM {ledger_table} WHERE asset = ? AND partition = ? "
             "ORDER BY reason, row_id LIMIT 8", [asset, partition]).fetchall()
     return {"rows": rows, "empty_prompts": empty, "with_think": with_think, "with_options": with_options,
             "with_gold": with_gold, "languages": languages, "preview": preview, "ledger": ledger,
