@@ -137,7 +137,10 @@ def test_catalog_precedence(monkeypatch, tmp_path):
     cat = SourceCatalog()
     assert cat.resolved_mode() == "sample" and cat.origin("medqa").startswith("sample:")
     monkeypatch.setenv("IIMED_SOURCE_MODE", "hub")
-    assert cat.origin("medqa").startswith("hub:bigbio/med_qa")
+    assert cat.origin("medqa") == "hub:fzkuji/MedQA [med_qa_en_source] split=train"
+    assert cat.origin("apollo_patient_qa") == "hub:FreedomIntelligence/ApolloCorpus files=train/sft/medicalPatient_en.json"
+    monkeypatch.setenv("IIMED_HUB_MIRROR", str(tmp_path / "mirror"))
+    assert cat.origin("medqa") == f"hub-mirror:{tmp_path / 'mirror' / 'fzkuji/MedQA'} [med_qa_en_source] split=train"
     monkeypatch.setenv("IIMED_SOURCE_MEDQA", str(tmp_path / "medqa.parquet"))
     assert cat.origin("medqa") == f"local:{tmp_path / 'medqa.parquet'}"
     assert SourceCatalog(overrides={"medqa": "/x.jsonl"}).origin("medqa") == "local:/x.jsonl"
@@ -150,7 +153,9 @@ def test_catalog_bounds(monkeypatch):
     monkeypatch.delenv("IIMED_SOURCE_MAX_ROWS", raising=False)
     assert SourceCatalog().bounds(get_source("medqa")) == (1, None)
     assert SourceCatalog().bounds(get_source("gpqa_diamond")) == (0, None)
-    assert SourceCatalog(mode="hub").bounds(get_source("medqa_usmle_4opt")) == (636, 2546)
+    # hub: the real size within the entry's tolerance (1,273 +- 1%)
+    assert SourceCatalog(mode="hub").bounds(get_source("medqa_usmle_4opt")) == (1260, 1286)
+    assert SourceCatalog(mode="hub").bounds(get_source("evol_instruct_medical")) == (1, None)  # size unknown
     assert SourceCatalog(mode="hub", max_rows=100).bounds(get_source("medqa_usmle_4opt")) == (1, 100)
     assert SourceCatalog(row_bounds={"medqa": [5, 9]}).bounds(get_source("medqa")) == (5, 9)
 
