@@ -15,9 +15,11 @@ FIELDS = ("reasoning", "response", "options", "gold", "context")
 
 
 def _last_assistant(row: Mapping[str, Any]) -> str | None:
-    for turn in reversed(row.get("messages") or []):
-        if turn.get("role") == "assistant":
-            return turn.get("content") or ""
+    """The row's response: its last turn when that is an assistant turn (earlier assistant turns are context,
+    e.g. an Apollo dialogue before the question a row asks)."""
+    messages = row.get("messages") or []
+    if messages and messages[-1].get("role") == "assistant":
+        return messages[-1].get("content") or ""
     return None
 
 

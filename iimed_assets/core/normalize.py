@@ -422,12 +422,14 @@ def normalize_record(
         if not user_turns:
             raise RowRejected(Reason.MISSING_PROMPT, "conversation has no user turn")
         prompt = user_turns[-1]["content"]
-        messages = turns
+        # Assistant turns with reasoning take the contract's form (`<think>\n…\n</think>\n\nanswer`), also when
+        # the source omits the opening tag (SYNTHETIC-1's generator prefilled it).
+        messages = [_assistant_turn(t["content"], None, meta) if t["role"] == "assistant"
+                    and split_think(t["content"])[0] is not None else t for t in turns]
         extra = _as_text(get_path(record, fm.response), fm.response) if fm.response else None
         if extra is not None and turns[-1]["role"] != "assistant":
             reasoning = _as_text(get_path(record, fm.reasoning), fm.reasoning) if fm.reasoning else None
-            inner, answer, closed = split_think(extra)
-            messages.append({"role": "assistant", "content": assistant_content(reasoning or inner, answer)})
+            messages.append(_assistant_turn(extra, reasoning, meta))
     else:
         if fm.prompt is None:
             raise RowRejected(Reason.MISSING_PROMPT, "no prompt field mapped")
@@ -481,12 +483,7 @@ def normalize_record(
         response = _as_text(get_path(record, fm.response), fm.response) if fm.response else None
         reasoning = _as_text(get_path(record, fm.reasoning), fm.reasoning) if fm.reasoning else None
         if response is not None or reasoning:
-            inner_reasoning, answer, closed = split_think(response or "")
-            if not closed:
-                meta["think_closed"] = False
-            reasoning = reasoning or inner_reasoning
-            messages.append({"role": "assistant", "content": assistant_content(reasoning, answer) if closed
-                             else f"{_THINK_OPEN}\n{(reasoning or '').strip()}"})
+            messages.append(_assistant_turn(response, reasoning, meta))
 
     gold_raw = get_path(record, fm.gold_answer) if fm.gold_answer else None
     gold = gold_to_letter(gold_raw, fm.gold_format if options or fm.gold_format == "text" else "text", options)
@@ -515,6 +512,17 @@ def normalize_record(
         "language": detect_language(prompt, fm.language),
         "meta": meta_json,
     }
+
+
+def _assistant_turn(response: str | None, reasoning: str | None, meta: dict[str, Any]) -> dict[str, str]:
+    """An assistant turn in the contract's form from a response (maybe with inline `<think>`) and/or a separate
+    reasoning text. A cut-off trace (think never closed) stays open and is marked `think_closed: false`."""
+    inner, answer, closed = split_think(response or "")
+    reasoning = reasoning or inner
+    if not closed:
+        meta["think_closed"] = False
+        return {"role": "assistant", "content": f"{_THINK_OPEN}\n{(reasoning or '').strip()}"}
+    return {"role": "assistant", "content": assistant_content(reasoning, answer)}
 
 
 def _native_id(record: Any, id_path: str | tuple[str, ...] | None) -> Any:

@@ -291,7 +291,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     ),
     SourceSpec(
         name="medreason", section="qa_seed", title="MedReason", hf_id="UCSC-VLAA/MedReason", licence="Apache-2.0",
-        adapter="medreason",
+        data_files="ours_quality_33000.jsonl", adapter="medreason",
         fields=FieldMap(id=("dataset_name", "id_in_dataset"), prompt="question", options="options",
                         gold_answer="answer", meta=("dataset_name", "answer_text")),
         evidence=("card VERIFIED (license apache-2.0, no configs; one file ours_quality_33000.jsonl read by "
@@ -440,7 +440,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     ),
     SourceSpec(
         name="healthcaremagic", section="instruct", title="ChatDoctor HealthCareMagic-100k",
-        hf_id="lavita/ChatDoctor-HealthCareMagic-100k",
+        hf_id="lavita/ChatDoctor-HealthCareMagic-100k", data_files="data/train-*",
         licence="not stated on the hub; ChatDoctor: academic research only",
         fields=FieldMap(prompt="input", system="instruction", gold_answer="output"),
         evidence=("file tree VERIFIED (commit 880de71: data/train-00000-of-00001-5e7cb295b9cff0bf.parquet, default "
@@ -598,6 +598,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec(
         name="liveqa_med", section="eval", title="LiveQA-Med (TREC 2017 test)",
         hf_id="hyesunyun/liveqa_medical_trec2017", split="test", licence="not stated",
+        data_files={"test": "test.jsonl"},
         adapter="liveqa_trec2017",
         fields=FieldMap(id="QUESTION_ID", prompt="question", gold_answer="answer", meta=("original_question",)),
         evidence=("viewer VERIFIED: config default, split test = 104 rows from test.jsonl (tree at 51d1e3b); columns "
@@ -610,7 +611,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     ),
     SourceSpec(
         name="medicationqa", section="eval", title="MedicationQA", hf_id="truehealth/medicationqa", split="train",
-        licence="not stated", fields=FieldMap(prompt="Question", gold_answer="Answer",
+        data_files="data/train-*", licence="not stated", fields=FieldMap(prompt="Question", gold_answer="Answer",
                                               meta=("Focus (Drug)", "Question Type")),
         evidence=("file tree VERIFIED (data/train-00000-of-00001-7427a10e891759be.parquet); columns Question, Focus "
                   "(Drug), Question Type, Answer, Section Title, URL VERIFIED from a loader; 690 rows (INFERRED). "
