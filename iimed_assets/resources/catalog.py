@@ -74,8 +74,10 @@ class SourceCatalog(dg.ConfigurableResource):
         if local is not None:
             return f"local:{local}"
         if self.resolved_mode() == "hub":
+            if spec.hf_id is None:
+                return "hub:none (local file only)"
             mirror = self.resolved_hub_mirror()
-            where = f"hub-mirror:{mirror / spec.hf_id}" if mirror and spec.hf_id else f"hub:{spec.hf_id}"
+            where = f"hub-mirror:{mirror / spec.hf_id}" if mirror else f"hub:{spec.hf_id}"
             what = (f" files={','.join(spec.files)}" if spec.files else
                     (f" [{','.join(c for c in spec.configs if c)}]" if spec.config else "") + f" split={spec.split}")
             return where + what

@@ -249,8 +249,8 @@ def hub_root(spec: SourceSpec, mirror: Path | None) -> str:
     """The repo id, or its folder in a local hub mirror (`<mirror>/<owner>/<name>`, the repo's file tree)."""
     if spec.hf_id is None:
         raise SourceUnavailable(
-            f"{spec.name} has no hub copy ({spec.notes or 'local file only'}); set "
-            f"IIMED_SOURCE_{spec.name.upper()} to a local JSONL/JSON/Parquet file or folder")
+            f"{spec.name} has no hub copy; set IIMED_SOURCE_{spec.name.upper()} to a local JSONL/JSON/Parquet "
+            "file or folder")
     if mirror is None:
         return spec.hf_id
     root = Path(mirror).expanduser() / spec.hf_id
