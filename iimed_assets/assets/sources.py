@@ -53,7 +53,7 @@ def materialize_source_partition(
         "dagster/row_count": rows,
         "dagster/column_schema": sample_column_schema(),
         "source": dg.MetadataValue.md(_source_markdown(spec, origin)),
-        "native_items_read": result.rows_read,
+        "rows_read": result.rows_read,  # native items (records, lines, Apollo lists)
         "rows_from_expansion": result.rows_from_expansion,
         "rows_in": result.rows_in,
         "rows_rejected": ledger_rows,

@@ -324,7 +324,7 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
                 if fold_text(opt) == norm:
                     return letter
         raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} matches no option")
-    return text
+    return text or None  # an empty reference is no reference
 
 
 def fold_text(text: str) -> str:
