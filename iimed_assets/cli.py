@@ -109,7 +109,8 @@ def _sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     failed = 0
     for spec in specs:
         result = probe_source(spec, lambda: catalog.read(spec.name), origin=catalog.origin(spec.name),
-                              hub_layout=catalog.hub_layout(spec.name), rows=args.rows)
+                              hub_layout=catalog.hub_layout(spec.name), expects=catalog.expectations(spec),
+                              rows=args.rows)
         failed += not result.ok
         print("\n".join(result.lines()), flush=True)
     print(f"\n{len(specs) - failed} ok, {failed} failed (first {args.rows} records per source)")

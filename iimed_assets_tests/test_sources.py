@@ -173,3 +173,23 @@ def test_known_overlap_rows_are_in_the_sample():
            for l in open(SAMPLE_DIR / "medmcqa/dev.jsonl") if l.strip()}
     overlap = [i for i, r in enumerate(demo) if r["question"].strip() in dev]
     assert len(overlap) == 3
+
+
+def test_readme_lists_every_source_with_its_hub_repo():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for spec in SOURCES:
+        assert f"| `{spec.name}` | {spec.section} | `{spec.hf_id or 'local file only'}` |" in readme, spec.name
+
+
+def test_every_entry_cites_its_schema_and_says_its_size():
+    from iimed_assets.core.adapters import ADAPTERS
+    from iimed_assets.core.coverage import FIELDS
+    from iimed_assets.sources.registry import READERS
+
+    for spec in SOURCES:
+        assert len(spec.evidence) > 40, spec.name
+        assert spec.expected_rows or spec.expected_rows_basis.startswith("unknown"), spec.name
+        assert spec.reader in READERS and (spec.reader == "datasets") != bool(spec.files), spec.name
+        assert spec.adapter is None or spec.adapter in ADAPTERS, spec.name
+        assert {f for f, _ in spec.expects + spec.sample_expects} <= set(FIELDS), spec.name
+        assert spec.expects, f"{spec.name}: declares no field coverage for the hub layout"

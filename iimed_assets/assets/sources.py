@@ -28,7 +28,7 @@ def materialize_source_partition(
     name = context.partition_key
     spec = get_source(name)
     origin = catalog.origin(name)
-    expects = spec.expectations(hub_layout=catalog.hub_layout(name))
+    expects = catalog.expectations(spec)
     context.log.info(f"{asset}[{name}]: reading {spec.title} from {origin}")
     with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=warehouse.staging_dir) as tmp:
         result = ingest(
@@ -36,7 +36,9 @@ def materialize_source_partition(
             batch_rows=catalog.batch_rows, max_rows=catalog.resolved_max_rows(),
             progress=Progress(context.log.info, f"{asset}[{name}]"), progress_every=10_000,
         )
-        # Measured on the staged rows, before the swap.
+        # Measured on the staged rows, before the swap. The swap does not wait for them yet: a failing blocking
+        # check stops everything downstream, and the partition keeps the new rows. Once the warehouse evaluates
+        # blocking checks before it commits (issue 21), these results are what it needs.
         duplicates, most_repeated = staged_duplicates(result.rows_path)
         coverage = result.coverage.shares()
         context.log.info(f"{asset}[{name}]: read {result.rows_read:,} items -> {result.rows_in:,} rows in "

@@ -41,6 +41,9 @@ class SourceCatalog(dg.ConfigurableResource):
     max_row_bytes: int = Field(default=DEFAULT_MAX_ROW_BYTES, description="longer JSONL lines are ledgered as oversize")
     row_bounds: dict[str, list[int]] = Field(
         default_factory=dict, description="source name -> [min, max] rows expected in the partition")
+    field_expects: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="source name -> {field: minimum share}, replacing the registry's declared "
+                                          "field coverage (e.g. for a partial local copy)")
     batch_rows: int = Field(default=5000, description="rows per staged Parquet batch")
 
     def resolved_mode(self) -> str:
@@ -66,6 +69,12 @@ class SourceCatalog(dg.ConfigurableResource):
     def hub_layout(self, name: str) -> bool:
         """True when `name` is read in its hub layout (hub, hub mirror, local file): the hub expectations apply."""
         return self.local_override(name) is not None or self.resolved_mode() == "hub"
+
+    def expectations(self, spec: SourceSpec) -> dict[str, float]:
+        """Minimum share of rows per coverage field: configured, else the registry's for the layout read."""
+        if spec.name in self.field_expects:
+            return dict(self.field_expects[spec.name])
+        return spec.expectations(hub_layout=self.hub_layout(spec.name))
 
     def origin(self, name: str) -> str:
         """Where the rows of `name` come from, in words (shown in the UI)."""

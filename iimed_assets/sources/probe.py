@@ -63,7 +63,7 @@ def _example(row: dict) -> dict[str, Any]:
 
 
 def probe_source(spec: SourceSpec, read: Callable[[], Iterable[RawItem]], *, origin: str, hub_layout: bool,
-                 rows: int = 20) -> ProbeResult:
+                 expects: dict[str, float] | None = None, rows: int = 20) -> ProbeResult:
     """Read at most `rows` native items of `spec` with `read()` and judge what they become.
 
     Failed: the source cannot be read (no copy, no network, no access, a wrong file name), its records lack the
@@ -71,7 +71,7 @@ def probe_source(spec: SourceSpec, read: Callable[[], Iterable[RawItem]], *, ori
     """
     import pyarrow.parquet as pq
 
-    expects = spec.expectations(hub_layout)
+    expects = spec.expectations(hub_layout) if expects is None else expects
     with tempfile.TemporaryDirectory(prefix=f"probe-{spec.name}-") as tmp:
         try:
             result = ingest(read(), source=spec.name, section=spec.section, staging_dir=Path(tmp), max_rows=rows)
