@@ -120,6 +120,16 @@ def test_local_parquet_and_gzip_mirrors(tmp_path):
     assert len(items) == 10 and all(i.error is None for i in items)
 
 
+def test_local_zstd_jsonl(tmp_path):
+    import zstandard
+
+    recs = [{"question": f"What causes symptom {i}?", "answer": "a"} for i in range(4)]
+    (tmp_path / "part.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps(r) + "\n" for r in recs).encode()))
+    items = list(iter_local(tmp_path, FieldMap(prompt="question", gold_answer="answer")))
+    assert [i.record for i in items] == recs and items[0].locator == "part.jsonl.zst:1"
+
+
 def test_missing_local_file_is_unavailable(tmp_path):
     with pytest.raises(SourceUnavailable):
         list(iter_local(tmp_path / "nope.jsonl", FieldMap(prompt="q")))

@@ -11,6 +11,7 @@ the bundled sample carry the field map of their slice (the stand-ins have their 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -46,9 +47,20 @@ class SourceUnavailable(RuntimeError):
     """A source that cannot be read in the configured mode (e.g. no offline copy, hub unreachable)."""
 
 
+def _decompressed(fh: BinaryIO, name: str) -> BinaryIO:
+    """A binary stream of the file's content: `.gz` and `.zst` (AM-DeepSeek-R1-Distilled ships zstd JSONL)
+    are decompressed as they are read, so nothing is held whole."""
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=fh)
+    if name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fh, closefd=True), 1 << 20)
+    return fh
+
+
 def _open_text_lines(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rb")
+    return _decompressed(open(path, "rb"), path.name)
 
 
 def iter_jsonl(
@@ -119,7 +131,7 @@ def local_files(path: Path) -> list[Path]:
 
 def _kind(path: Path) -> str | None:
     name = path.name.lower()
-    if name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".json")):
+    if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson", ".json")):
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
@@ -272,7 +284,7 @@ def iter_hub(spec: SourceSpec, *, mirror: Path | None = None, token_env: str = "
         yield from _iter_datasets(spec, root, token)
         return
     for name in spec.files:
-        with _open_hub_file(spec, root, name, mirror is not None, token) as fh:
+        with _decompressed(_open_hub_file(spec, root, name, mirror is not None, token), name) as fh:
             if spec.reader == "json_array":
                 yield from _array_items(fh, name, None, spec)
             elif spec.reader == "jsonl":

@@ -186,12 +186,13 @@ _APOLLO_EVIDENCE = ("file tree VERIFIED https://huggingface.co/datasets/FreedomI
                     "conversation per item); the card's configs cover only *_text.json ('the Viewer doesn't support "
                     "JSON with lists of lists'), so the files are read by our streaming JSON-array reader. "
                     "Confidence: high.")
-_AM_R1_EVIDENCE = ("files am_0.5M.jsonl and am_0.9M.jsonl at the repo root VERIFIED from downstream download scripts and "
-                   "an engineering log (14.5 GB + 19.8 GB); record = {messages: [{role, content, info}]}, assistant "
-                   "content '<think>…</think>\n<answer>…</answer>', info.think_content / info.answer_content, user "
-                   "info.source / reference_answer VERIFIED from downstream readers and the card's field list "
-                   "(research hub_b §2). A hub discussion 'error loading the 0.9M subset' (row types vary): read per "
-                   "line. Confidence: medium (card text not read directly).")
+_AM_R1_EVIDENCE = ("card VERIFIED (a copy of the README: configs am_0.5M -> am_0.5M.jsonl.zst, am_0.9M -> "
+                   "am_0.9M.jsonl.zst, with messages: [{role, content, info: {answer_content, reference_answer, "
+                   "source, test_case: {test_code, test_entry_point}, think_content}}]; 'content: Follows <think> "
+                   "reasoning process </think> <answer> solution </answer> format'; the 0.9M file's responses are "
+                   "source am-0309). The nested types vary row to row (test_case null / struct; a hub discussion "
+                   "'error loading the 0.9M subset'), so the zstd JSONL is read line by line by our reader (5.3 GB "
+                   "instead of the 34 GB plain copies). Confidence: high.")
 
 SOURCES: tuple[SourceSpec, ...] = (
     # ---- section 1: public medical reasoning sets, taken as they are -------------------------------
@@ -336,7 +337,7 @@ SOURCES: tuple[SourceSpec, ...] = (
     SourceSpec(
         name="am_deepseek_r1_distilled", section="r1_traces", title="AM-DeepSeek-R1-Distilled-1.4M",
         hf_id="a-m-team/AM-DeepSeek-R1-Distilled-1.4M", licence="CC BY-NC 4.0 (research use; UNVERIFIED tag)",
-        reader="jsonl", files=("am_0.5M.jsonl", "am_0.9M.jsonl"), adapter="am_messages",
+        reader="jsonl", files=("am_0.5M.jsonl.zst", "am_0.9M.jsonl.zst"), adapter="am_messages",
         fields=FieldMap(conversation="messages", gold_answer="reference_answer", meta=("source",)),
         evidence=_AM_R1_EVIDENCE,
         sample=(_s("mbpp/mbpp.jsonl", _MBPP, 0, 60), _s("medical_o1_demo/demo_data.jsonl", _O1_TRACE, 60, 100)),
