@@ -189,6 +189,12 @@ def test_hub_partition_from_the_mirror_goes_through_rows_from_record(warehouse_p
     assert got == sorted((r["id"], r["prompt"], r["gold_answer"], len(r["messages"])) for r in expected)
     assert con.execute("SELECT reason, row_id FROM row_ledger WHERE partition = 'apollo_textbook_qa'").fetchall() == [
         ("unpaired_question", "train/pretrain/medicalBook_en_qa.json:2")]
+    con.close()
+    # a filtered source shows what its filter left out, by value
+    from iimed_assets.assets.sources import public_reasoning_rows
+
+    result = _materialize(public_reasoning_rows, "general_thought_medical", warehouse_path, _hub_catalog())
+    assert result.success and "| task='Engineering' | 1 |" in _metadata(result)["out_of_scope_values"].value
 
 
 def test_wrong_mapping_fails_field_coverage_and_names_the_field(warehouse_path, tmp_path):
@@ -230,9 +236,11 @@ def test_probe_command_on_the_hub_mirror(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("IIMED_HUB_MIRROR", str(HUB))
     monkeypatch.delenv("IIMED_SOURCE_MODE", raising=False)
-    rc = main(["sources", "--probe", "--rows", "5", "m23k", "apollo_patient_qa", "evol_instruct_medical"])
+    rc = main(["sources", "--probe", "--rows", "5", "general_thought_medical", "m23k", "apollo_patient_qa",
+               "evol_instruct_medical"])
     out = capsys.readouterr().out
-    assert rc == 1 and "2 ok, 1 failed" in out
+    assert rc == 1 and "3 ok, 1 failed" in out
+    assert "out of scope: task='Engineering' (1)" in out  # what the medical filter left out, by value
     m23k = out[out.index("m23k"):out.index("apollo_patient_qa")]
     assert "m23k" in m23k and " ok " in m23k and "reasoning 100% (min 90%)" in m23k
     assert "options: A. Phenytoin; B. Carbamazepine; C. Ethosuximide; D. Phenobarbitone" in m23k

@@ -48,6 +48,10 @@ def materialize_source_partition(
                                            ledger_path=result.ledger_path, run_id=context.run.run_id)
 
     stats = sample_partition_stats(warehouse, asset, name, asset)
+    # What an entry's filter left out, by value (e.g. GeneralThought's `task`s): the list to review the filter by.
+    out_of_scope = warehouse.fetch(
+        "SELECT detail, count(*) FROM row_ledger WHERE asset = ? AND partition = ? AND reason = 'out_of_scope' "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20", [asset, name])
     ledger_rows = sum(stats["ledger"].values())
     lo, hi = catalog.bounds(spec)
     rows = stats["rows"]
@@ -63,6 +67,7 @@ def materialize_source_partition(
         **{f"rejected/{reason}": n for reason, n in stats["ledger"].items()},
         "ledger_examples": dg.MetadataValue.md(markdown_table(["reason", "row", "detail"], stats["ledger_examples"])),
         "field_coverage": dg.MetadataValue.md(_coverage_markdown(coverage, expects)),
+        "out_of_scope_values": dg.MetadataValue.md(markdown_table(["value", "rows"], out_of_scope)),
         **{f"share_with_{f}": v for f, v in coverage.items()},
         "duplicate_id_share": round(duplicates / result.rows_staged, 4) if result.rows_staged else 0.0,
         "languages": dg.MetadataValue.json(stats["languages"]),

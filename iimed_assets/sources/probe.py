@@ -24,6 +24,7 @@ class ProbeResult:
     items: int = 0
     rows: int = 0
     ledger: Counter = field(default_factory=Counter)
+    out_of_scope: Counter = field(default_factory=Counter)  # the filter's excluded values, e.g. task='Engineering'
     shares: dict[str, float] = field(default_factory=dict)
     expects: dict[str, float] = field(default_factory=dict)
     example: dict[str, Any] | None = None
@@ -37,6 +38,8 @@ class ProbeResult:
         if self.items:
             ledger = ", ".join(f"{r} {n}" for r, n in self.ledger.most_common()) or "none"
             out.append(f"    read {self.items} items -> {self.rows} rows; ledger: {ledger}")
+            if self.out_of_scope:
+                out.append("    out of scope: " + ", ".join(f"{v} ({n})" for v, n in self.out_of_scope.most_common(8)))
             out.append("    coverage: " + " | ".join(
                 f"{f} {v:.0%}" + (f" (min {self.expects[f]:.0%}{'' if v >= self.expects[f] else ' BELOW'})"
                                   if f in self.expects else "") for f, v in self.shares.items()))
@@ -79,9 +82,11 @@ def probe_source(spec: SourceSpec, read: Callable[[], Iterable[RawItem]], *, ori
             return ProbeResult(spec.name, origin, ok=False, reason=f"{type(exc).__name__}: {exc}")
         first = pq.ParquetFile(result.rows_path).read_row_group(0).slice(0, 1).to_pylist() \
             if result.rows_staged else []
+        ledger = pq.read_table(result.ledger_path, columns=["reason", "detail"]).to_pylist()
     shares = result.coverage.shares()
     probe = ProbeResult(spec.name, origin, ok=True, items=result.rows_read, rows=result.rows_staged,
                         ledger=Counter(result.rejected), shares=shares, expects=expects,
+                        out_of_scope=Counter(r["detail"] for r in ledger if r["reason"] == "out_of_scope"),
                         example=_example(first[0]) if first else None)
     short = result.coverage.shortfalls(expects)
     if result.rows_read == 0:
