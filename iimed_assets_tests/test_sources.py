@@ -203,3 +203,10 @@ def test_every_entry_cites_its_schema_and_says_its_size():
         assert spec.adapter is None or spec.adapter in ADAPTERS, spec.name
         assert {f for f, _ in spec.expects + spec.sample_expects} <= set(FIELDS), spec.name
         assert spec.expects, f"{spec.name}: declares no field coverage for the hub layout"
+
+
+def test_sample_readme_names_every_stand_in():
+    """sources/sample/README.md (written by scripts/build_sample.py) matches the registry's titles and notes."""
+    readme = (SAMPLE_DIR / "README.md").read_text()
+    for spec in SOURCES:
+        assert f"| `{spec.name}` ({spec.title}) | {spec.section} | {spec.sample_note or '-'} |" in readme, spec.name

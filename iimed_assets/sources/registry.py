@@ -161,8 +161,8 @@ _GT_FIELDS = dict(prompt="question", reasoning="model_reasoning", response="mode
 # list is not published. The medical part is selected by subject words, case-insensitive; every other value is
 # ledgered as out_of_scope with the value in the detail, so the first probe shows what was left out.
 _GT_MEDICAL_TASKS = re.compile(
-    r"medic|health|clinic|anatom|physiol|patholog|pharmac|nurs|surg|diagnos|disease|immun|neuro|cardio|oncol|"
-    r"psychiat|dent|epidemiol|nutrition|biolog|genetic|biochem|microbio|virol", re.I)
+    r"\b(medic|health|clinic|anatom|physiol|patholog|pharmac|nurs|surg|diagnos|disease|immun|neuro|cardio|oncol|"
+    r"psychiat|dent|epidemiol|nutrition|biolog|genetic|biochem|microbio|virol)", re.I)
 _GT_EVIDENCE = ("columns VERIFIED from code that reads GeneralReasoning/GeneralThought-430K (allenai open-instruct "
                 "convert_general_thought_to_tulu_thinker.py: question, model_reasoning, model_answer, reference_answer; "
                 "marin PR #876: model_reasoning = the text inside <think>); one default config, split train (VERIFIED "
