@@ -18,7 +18,7 @@ from iimed_assets.assets.common import Progress, ledger_markdown, markdown_table
 from iimed_assets.partitions import PARTITIONS_BY_SECTION
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.warehouse import Warehouse
-from iimed_assets.sources.ingest import ingest, staged_duplicates
+from iimed_assets.sources.ingest import IngestResult, ingest, staged_duplicates
 from iimed_assets.sources.registry import SourceSpec, get_source
 
 
@@ -55,14 +55,31 @@ def materialize_source_partition(
     ledger_rows = sum(stats["ledger"].values())
     lo, hi = catalog.bounds(spec)
     rows = stats["rows"]
-    metadata = {
-        "dagster/row_count": rows,
+    context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
+                     f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
+    return dg.MaterializeResult(
+        metadata=_partition_metadata(spec, origin, result, stats, coverage, expects, duplicates, out_of_scope),
+        check_results=[
+            # rows_in counts outcomes: one per native item, plus the extra rows of multi-sample items (Apollo).
+            checks.rows_conserved(result.rows_in, rows, ledger_rows),
+            checks.row_count_in_bounds(rows, lo, hi),
+            checks.no_empty_prompts(stats["empty_prompts"], rows),
+            checks.field_coverage(coverage, expects, result.coverage.rows, result.coverage.missing_examples),
+            checks.duplicate_ids_within_bound(duplicates, result.rows_staged, spec.max_duplicate_share, most_repeated),
+        ],
+    )
+
+
+def _partition_metadata(spec: SourceSpec, origin: str, result: IngestResult, stats: dict, coverage: dict[str, float],
+                        expects: dict[str, float], duplicates: int, out_of_scope: list[tuple]) -> dict:
+    return {
+        "dagster/row_count": stats["rows"],
         "dagster/column_schema": sample_column_schema(),
         "source": dg.MetadataValue.md(_source_markdown(spec, origin)),
         "rows_read": result.rows_read,  # native items (records, lines, Apollo lists)
         "rows_from_expansion": result.rows_from_expansion,
         "rows_in": result.rows_in,
-        "rows_rejected": ledger_rows,
+        "rows_rejected": sum(stats["ledger"].values()),
         "rejected_by_reason": dg.MetadataValue.md(ledger_markdown(stats["ledger"], result.rows_in)),
         **{f"rejected/{reason}": n for reason, n in stats["ledger"].items()},
         "ledger_examples": dg.MetadataValue.md(markdown_table(["reason", "row", "detail"], stats["ledger_examples"])),
@@ -75,19 +92,6 @@ def materialize_source_partition(
         "read_seconds": round(result.seconds, 2),
         "preview": dg.MetadataValue.md(markdown_table(["id", "prompt", "gold", "turns", "last turn"], stats["preview"])),
     }
-    context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
-                     f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[
-            # rows_in counts outcomes: one per native item, plus the extra rows of multi-sample items (Apollo).
-            checks.rows_conserved(result.rows_in, rows, ledger_rows),
-            checks.row_count_in_bounds(rows, lo, hi),
-            checks.no_empty_prompts(stats["empty_prompts"], rows),
-            checks.field_coverage(coverage, expects, result.coverage.rows, result.coverage.missing_examples),
-            checks.duplicate_ids_within_bound(duplicates, result.rows_staged, spec.max_duplicate_share, most_repeated),
-        ],
-    )
 
 
 def _source_markdown(spec: SourceSpec, origin: str) -> str:
