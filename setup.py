@@ -21,6 +21,8 @@ setup(
         "pyarrow>=15",
         "numpy>=1.26",
         "datasets>=3.0",
+        # zstd JSONL (AM-DeepSeek-R1-Distilled ships its files compressed), read as a stream
+        "zstandard>=0.22",
         # torch comes with sentence-transformers; install the CPU build first (scripts/setup.sh does).
         "torch>=2.3",
         "sentence-transformers>=3.0",

@@ -90,6 +90,7 @@ class Reason:
     BAD_GOLD = "bad_gold_answer"
     OUT_OF_SCOPE = "out_of_scope"
     OVER_ROW_LIMIT = "over_row_limit"
+    UNPAIRED = "unpaired_question"  # a multi-sample item (ApolloCorpus) whose last question has no answer
 
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
