@@ -25,7 +25,7 @@ from iimed_assets.sources.registry import _R1_TRACE, _SELFBIORAG_MEDMCQA
 
 CHATDOCTOR = [json.loads(line) for line in open(SAMPLE_DIR / "chatdoctor/chatdoctor5k.jsonl")]
 # Real rows beyond the bundled sample (scripts/build_test_fixtures.py; each folder's SOURCE.md names the origin).
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent / "fixtures" / "cleaning"
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Rebuild iimed_assets_tests/fixtures/ from ../shared/data: the real rows the cleaning tests need beyond the
+"""Rebuild iimed_assets_tests/fixtures/cleaning/ from ../shared/data: the real rows the cleaning tests need beyond the
 bundled sample, so that the test suite runs in a clone with no ../shared beside it.
 
 Every fixture row is a row of the origin file with only the fields the tests read (values unchanged); each folder
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "iimed_assets_tests" / "fixtures"
+FIXTURES = ROOT / "iimed_assets_tests" / "fixtures" / "cleaning"
 SAMPLE = ROOT / "iimed_assets" / "sources" / "sample"
 
 # MMLU subjects the cleaning tests count as medical (not clean prompts for the false-positive rate).
