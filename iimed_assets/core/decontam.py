@@ -10,7 +10,7 @@ any-shared-8-gram matching also flags clean prompts through exam phrasing that m
 the following is the most likely diagnosis"), so an n-gram that occurs in more than `max_item_df` distinct eval
 items is left out of the index, and a text must share at least `min_shared` (3) of one item's n-grams (all of
 them when the item has fewer): a copied question shares nearly all, a stock phrase one or two. Measured in
-docs/decontamination.md.
+docs/cleaning.md ("Decontamination", step 1).
 
 Step 2 is exact with respect to its definition — contaminated iff `fuzz.ratio(p(prompt), p(eval_text)) >= t`
 for some eval text, with `p = rapidfuzz.utils.default_process` — but never scores every pair: the ratio bounds
