@@ -1,14 +1,15 @@
-"""Real text for the cleaning benchmarks, from ../shared/data (bundled sample as fallback)."""
+"""Real text for the cleaning benchmarks, from ../shared/data or $IIMED_SHARED_DATA (bundled sample as fallback)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("IIMED_SHARED_DATA") or ROOT.parent / "shared" / "data")
 SAMPLE = ROOT / "iimed_assets" / "sources" / "sample"
 
 

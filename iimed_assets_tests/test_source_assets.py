@@ -42,9 +42,10 @@ def test_definitions_load():
 
 
 def test_definitions_import_is_light():
-    """Importing the code location must not pull in torch, datasets, vllm, faiss or sentence-transformers."""
+    """Importing the code location must not pull in torch, datasets, vllm, faiss, sentence-transformers, llama.cpp or
+    numba (the cleaning kernels load it on first use)."""
     code = ("import sys, iimed_assets.definitions; "
-            "heavy = [m for m in ('torch', 'datasets', 'vllm', 'faiss', 'sentence_transformers', 'llama_cpp') "
+            "heavy = [m for m in ('torch', 'datasets', 'vllm', 'faiss', 'sentence_transformers', 'llama_cpp', 'numba') "
             "if m in sys.modules]; print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
