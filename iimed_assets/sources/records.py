@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from iimed_assets.core.adapters import get_adapter
-from iimed_assets.core.normalize import RowRejected, normalize_record, required_roots
+from iimed_assets.core.normalize import RowRejected, guarded, normalize_record, required_roots
 from iimed_assets.core.schema import Reason
 from iimed_assets.sources.registry import SourceSpec, get_source
 
@@ -22,22 +22,14 @@ def hub_outcomes(spec: SourceSpec, record: Any) -> list[dict | RowRejected]:
     A plain entry gives one outcome. An entry with an adapter may give several (ApolloCorpus: one per
     question/answer pair, each with its own id).
     """
-    try:
-        parts = get_adapter(spec.adapter).fn(record) if spec.adapter else [record]
-    except RowRejected as rej:
-        return [rej]
+    parts = guarded(lambda: get_adapter(spec.adapter).fn(record) if spec.adapter else [record])
+    if isinstance(parts, RowRejected):
+        return [parts]
     if not parts:
         return [RowRejected(Reason.MISSING_PROMPT, "the record holds no sample")]
-    out: list[dict | RowRejected] = []
-    for part in parts:
-        if isinstance(part, RowRejected):
-            out.append(part)
-            continue
-        try:
-            out.append(normalize_record(part, spec.fields, source=spec.name, section=spec.section))
-        except RowRejected as rej:
-            out.append(rej)
-    return out
+    return [part if isinstance(part, RowRejected) else
+            guarded(lambda: normalize_record(part, spec.fields, source=spec.name, section=spec.section))
+            for part in parts]
 
 
 def rows_from_record(source: str, record: Any) -> list[dict]:
