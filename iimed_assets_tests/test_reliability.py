@@ -20,6 +20,8 @@ from iimed_assets.sources.ingest import ingest
 from iimed_assets.sources.loaders import iter_local
 from iimed_assets.sources.registry import get_source
 
+from .conftest import logged_checks
+
 # ---- 3. row-level faults stay row-level --------------------------------------------------------------------------
 
 DEEP_MAX = 100_000  # the issue's "JSON nested 100k deep"
@@ -160,13 +162,6 @@ def test_fuzzed_partition_swaps_in_with_conservation(warehouse_path, tmp_path):
 
 SAMPLE_CHATDOCTOR = Path(__file__).resolve().parents[1] / "iimed_assets" / "sources" / "sample" / "chatdoctor" / \
     "chatdoctor5k.jsonl"
-
-
-def logged_checks(instance: dg.DagsterInstance, run_id: str) -> dict:
-    """The check evaluations a run recorded (also those logged before a blocked swap failed the step)."""
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
-    return {r.event_log_entry.dagster_event.event_specific_data.check_name:
-            r.event_log_entry.dagster_event.event_specific_data for r in records}
 
 
 def _snapshot(warehouse_path: Path, table: str, partition: str) -> tuple[list, list]:

@@ -15,8 +15,7 @@ from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.warehouse import Swap, Warehouse
 from iimed_assets.sources.loaders import SAMPLE_DIR
 
-from .conftest import write_malformed_jsonl
-from .test_reliability import logged_checks
+from .conftest import logged_checks, write_malformed_jsonl
 
 
 def _materialize(asset, key, warehouse_path, catalog=None, raise_on_error=True):
