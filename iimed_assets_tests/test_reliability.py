@@ -209,3 +209,128 @@ def test_failed_source_rerun_keeps_the_partition_exactly(warehouse_path, tmp_pat
                             ).fetchone()[0]
     con.close()
     assert leftovers == 0
+
+
+# ---- 8. secrets never leak ------------------------------------------------------------------------------------------
+
+SECRET = "XSECRET7f3a9c0d2b51"  # the credential part of a Slack-style hook URL
+MALFORMED_URLS = {
+    "no_scheme": f"hooks.example.com/services/T000/B000/{SECRET}",
+    "space": f"https://hooks.example.com/services/T000/B000/{SECRET} x",
+    "no_host": f"https:///services/T000/B000/{SECRET}",
+    "bad_port": f"https://hooks.example.com:99999/services/{SECRET}",
+    "not_http": f"ftp://hooks.example.com/services/{SECRET}",
+    "newline": f"https://hooks.example.com/services/{SECRET}\n/more",
+    "bad_ipv6": f"http://[::1/services/{SECRET}",
+}
+
+
+def _assert_no_secret(text: str) -> None:
+    assert SECRET not in text and SECRET.lower() not in text.lower()
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED_URLS))
+def test_malformed_webhook_url_is_refused_without_quoting_it(monkeypatch, kind):
+    from iimed_assets.core.alerts import webhook_url_problem
+    from iimed_assets.resources.alerts import ENV_WEBHOOK_URL, AlertDeliveryError, AlertWebhook
+
+    url = MALFORMED_URLS[kind]
+    problem = webhook_url_problem(url)
+    assert problem and SECRET not in problem
+    monkeypatch.setenv(ENV_WEBHOOK_URL, url)
+    hook = AlertWebhook()
+    assert hook.configured() and hook.problem()
+    with pytest.raises(AlertDeliveryError) as info:
+        hook.post({"text": "x"})
+    _assert_no_secret(str(info.value))
+    assert _nothing_chained(info.value)
+
+
+def _nothing_chained(exc: BaseException) -> bool:
+    """No cause, and no context a traceback would print (Dagster stores both in a tick's error)."""
+    return exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
+
+
+def test_every_exception_while_sending_is_scrubbed(monkeypatch):
+    """Valid URLs that fail underneath: connection refused, HTTP 500, and a library error that quotes the URL
+    (what urllib's `ValueError: unknown url type: '<URL>'` did)."""
+    import socket
+    import urllib.request
+
+    from iimed_assets.resources.alerts import ENV_WEBHOOK_URL, AlertDeliveryError, AlertWebhook
+    from iimed_assets.testing.openai_loopback import LoopbackOpenAI, Reply
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with LoopbackOpenAI(script=lambda call: Reply.error(500)) as server:
+        base = server.url.rsplit("/v1", 1)[0]
+        for url in (f"http://127.0.0.1:{closed_port}/services/T0/B0/{SECRET}", f"{base}/services/T0/B0/{SECRET}"):
+            monkeypatch.setenv(ENV_WEBHOOK_URL, url)
+            with pytest.raises(AlertDeliveryError) as info:
+                AlertWebhook(timeout_s=5).post({"text": "x"})
+            _assert_no_secret(str(info.value))
+    monkeypatch.setenv(ENV_WEBHOOK_URL, f"https://hooks.example.com/services/T0/B0/{SECRET}")
+
+    def quoting(request, timeout):
+        raise ValueError(f"unknown url type: {request.full_url!r}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", quoting)
+    with pytest.raises(AlertDeliveryError) as info:
+        AlertWebhook().post({"text": "x"})
+    _assert_no_secret(str(info.value))
+    assert "ValueError" in str(info.value) and _nothing_chained(info.value)
+
+
+@pytest.mark.parametrize("kind", ["no_scheme", "space"])
+def test_malformed_webhook_url_reaches_no_log_and_no_instance_database(tmp_path, monkeypatch, capfd, kind):
+    """The issue's reproduction through Dagster's own sensor daemon iteration (the code location in a gRPC
+    server, ticks stored in schedules.db, sensor logs in the compute logs): a failing run, then ticks with a
+    malformed URL. The alert waits (not lost), and no file of the instance, no daemon log line and no output
+    holds the secret."""
+    import logging
+    import os
+    import time
+
+    from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
+    from dagster._core.workspace.load_target import ModuleTarget
+    from dagster._daemon.sensor import execute_sensor_iteration
+
+    from iimed_assets.definitions import defs
+    from iimed_assets.resources.alerts import ENV_WEBHOOK_URL
+
+    monkeypatch.setenv(ENV_WEBHOOK_URL, MALFORMED_URLS[kind])
+    monkeypatch.setenv("IIMED_WAREHOUSE", str(tmp_path / "wh.duckdb"))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    daemon_log = tmp_path / "daemon.log"
+    logger = logging.getLogger(f"iimed-test-daemon-{kind}")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(logging.FileHandler(daemon_log))
+    eval_items = next(a for a in defs.assets if a.key.to_user_string() == "eval_items")
+    repo = Path(__file__).resolve().parents[1]
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        target = ModuleTarget(module_name="iimed_assets.definitions", attribute=None,
+                              working_directory=str(repo), location_name="iimed_assets")
+        with create_test_daemon_workspace_context(target, instance) as workspace:
+            start = time.time()
+            for k in range(3):  # start, then two ticks after the failing run (the sensor's interval is 30 s)
+                with freeze_time(start + 40 * k):
+                    list(execute_sensor_iteration(workspace, logger, None, None))
+                if k == 0:
+                    run = dg.materialize([eval_items], partition_key="medicationqa", instance=instance,
+                                         raise_on_error=False, resources={
+                                             "warehouse": Warehouse(), "catalog": SourceCatalog(
+                                                 row_bounds={"medicationqa": [10**9, 10**10]})})
+                    assert not run.success
+            state = next(iter(instance.all_instigator_state()))
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id)
+    assert len(ticks) == 3 and all(t.error is None for t in ticks)
+    assert all("not a usable webhook URL" in (t.skip_reason or "") for t in ticks)
+    assert "waiting to deliver" in ticks[0].skip_reason  # newest first: the alert waits, it is not dropped
+    holding = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+               if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert holding == []
+    assert any(p.name == "schedules.db" for p in home.rglob("*")) and daemon_log.stat().st_size > 0
+    out, err = capfd.readouterr()
+    _assert_no_secret(out + err)
