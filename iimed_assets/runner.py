@@ -8,11 +8,14 @@ UI shows its metadata and checks and the alert sensor sees its failures.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import dagster as dg
+
+from iimed_assets.run_health import HOST_TAG, release_dead_runs
 
 
 @dataclass
@@ -46,14 +49,19 @@ def materialize_in_order(assets: Sequence[dg.AssetsDefinition], *, instance: dg.
                          resources: dict, partitions: Sequence[str] | None = None,
                          log: Callable[[str], None] = print, tags: dict[str, str] | None = None,
                          ) -> list[PartitionOutcome]:
+    """Run every step in order. First, pool slots held by dead runs of this instance are freed (a killed earlier
+    run would block the `gpu` pool for good: there is no daemon here to notice). An interrupted run (SIGTERM,
+    Ctrl-C) stops the sequence."""
+    release_dead_runs(instance, log)
     steps = planned_steps(assets, partitions)
     outcomes: list[PartitionOutcome] = []
     started_all = time.perf_counter()
+    run_tags = {**(tags or {}), HOST_TAG: socket.gethostname()}  # lets a later run judge whether this one died
     for i, (asset, key) in enumerate(steps, 1):
         name = asset.key.to_user_string()
         started = time.perf_counter()
         result = dg.materialize([asset], partition_key=key, instance=instance, resources=resources,
-                                raise_on_error=False, tags=tags)
+                                raise_on_error=False, tags=run_tags)
         rows: object = "-"
         for event in result.get_asset_materialization_events():
             md = event.materialization.metadata
@@ -69,4 +77,14 @@ def materialize_in_order(assets: Sequence[dg.AssetsDefinition], *, instance: dg.
         elapsed = time.perf_counter() - started_all
         eta = elapsed / i * (len(steps) - i)
         log(f"{outcome.line()}   [{i}/{len(steps)}, elapsed {elapsed:,.0f}s, eta {eta:,.0f}s]")
+        if _interrupted(result):
+            log(f"interrupted: stopping after {name}[{key}] ({len(steps) - i} step(s) not run)")
+            break
     return outcomes
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """The run ended on SIGTERM/SIGINT (Dagster records it as an unexpected termination)."""
+    failure = result.get_run_failure_event() if not result.success else None
+    reason = getattr(failure.event_specific_data, "failure_reason", None) if failure is not None else None
+    return reason is not None and reason.value == "UNEXPECTED_TERMINATION"

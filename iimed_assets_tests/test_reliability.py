@@ -334,3 +334,147 @@ def test_malformed_webhook_url_reaches_no_log_and_no_instance_database(tmp_path,
     assert any(p.name == "schedules.db" for p in home.rglob("*")) and daemon_log.stat().st_size > 0
     out, err = capfd.readouterr()
     _assert_no_secret(out + err)
+
+
+# ---- 4. dead runs free their pool slots; a waiting step sleeps and stops on SIGTERM ---------------------------------
+
+POOL_DRIVER = '''
+import os, sys, time
+import dagster as dg
+from iimed_assets.assets.common import GPU_POOL  # the pool, and the slot-wait patch with it
+from iimed_assets.runner import materialize_in_order
+
+@dg.asset(pool=GPU_POOL)
+def gpu_holder(context) -> dg.MaterializeResult:
+    print("step started", flush=True)
+    time.sleep(float(os.environ["HOLD_S"]))
+    return dg.MaterializeResult(metadata={"dagster/row_count": 1})
+
+with dg.DagsterInstance.get() as instance:
+    outcomes = materialize_in_order([gpu_holder], instance=instance, resources={}, log=lambda s: print(s, flush=True))
+sys.exit(0 if all(o.status != "FAILED" for o in outcomes) else 1)
+'''
+
+
+def _pool_env(tmp_path: Path) -> dict:
+    import os
+    import shutil
+
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copyfile(Path(__file__).resolve().parents[1] / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "pool_driver.py").write_text(POOL_DRIVER)
+    return {**os.environ, "DAGSTER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+
+
+def _start(tmp_path: Path, env: dict, hold_s: float, name: str):
+    import subprocess
+    import sys
+
+    out = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen([sys.executable, str(tmp_path / "pool_driver.py")], env={**env, "HOLD_S": str(hold_s)},
+                            stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _cpu_s(pid: int) -> float:
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_killed_run_frees_the_gpu_pool_for_the_next_cli_run(tmp_path):
+    """kill -9 while a `gpu`-pool step runs, then rerun on the same instance (the CLI path: no daemon): the rerun
+    frees the dead run's slot, runs, and the dead run is marked failed."""
+    import os
+    import signal
+
+    env = _pool_env(tmp_path)
+    first = _start(tmp_path, env, 600, "first")
+    _wait_for(lambda: "step started" in (tmp_path / "first.log").read_text(), 120, "the first run's step")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    second = _start(tmp_path, env, 0, "second")
+    assert second.wait(timeout=180) == 0, (tmp_path / "second.log").read_text()
+    log = (tmp_path / "second.log").read_text()
+    assert "freed the pool slots of run" in log and "its worker is gone" in log
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        statuses = sorted(r.status.value for r in instance.get_runs())
+        assert statuses == ["FAILURE", "SUCCESS"]
+        assert not instance.event_log_storage.get_concurrency_run_ids()
+
+
+def test_step_waiting_for_a_slot_sleeps_and_stops_on_sigterm(tmp_path):
+    """A live run holds the only `gpu` slot; a second run waits for it without burning a core, and SIGTERM stops it
+    within seconds (before: ~100% of a core, SIGTERM ignored). The live run's slot is untouched."""
+    import os
+    import signal
+    import time
+
+    env = _pool_env(tmp_path)
+    holder = _start(tmp_path, env, 600, "holder")
+    try:
+        _wait_for(lambda: "step started" in (tmp_path / "holder.log").read_text(), 120, "the holder's step")
+        waiter = _start(tmp_path, env, 0, "waiter")
+        with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            _wait_for(lambda: len(instance.event_log_storage.get_concurrency_run_ids()) == 2, 120,
+                      "the waiter's pending claim")
+        time.sleep(2)  # past the first claim retries
+        cpu0, t0 = _cpu_s(waiter.pid), time.monotonic()
+        time.sleep(5)
+        share = (_cpu_s(waiter.pid) - cpu0) / (time.monotonic() - t0)
+        assert share < 0.2, f"the waiting run used {share:.0%} of a core"
+        sent = time.monotonic()
+        waiter.send_signal(signal.SIGTERM)
+        waiter.wait(timeout=30)
+        assert time.monotonic() - sent < 10
+        assert "interrupted" in (tmp_path / "waiter.log").read_text()
+        assert holder.poll() is None  # the live run still holds its slot and runs on
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
+def test_run_monitoring_fails_a_dead_run_and_its_slot_is_freed(tmp_path):
+    """The `dagster dev` path: the project's run launcher tells Dagster's run monitoring (the daemon's own
+    functions, called here) that a killed run's worker is gone; the run is failed, and the daemon's slot iteration
+    frees its slot after `free_slots_after_run_end_seconds`. A live run is reported RUNNING."""
+    import logging
+    import os
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from dagster._core.launcher import WorkerStatus
+    from dagster._core.test_utils import freeze_time
+    from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    from iimed_assets.run_health import HealthCheckedRunLauncher
+
+    env = _pool_env(tmp_path)
+    first = _start(tmp_path, env, 600, "first")
+    _wait_for(lambda: "step started" in (tmp_path / "first.log").read_text(), 120, "the run's step")
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert isinstance(instance.run_launcher, HealthCheckedRunLauncher)
+        (record,) = instance.get_run_records()
+        assert instance.run_launcher.check_run_worker_health(record.dagster_run).status == WorkerStatus.RUNNING
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert instance.run_launcher.check_run_worker_health(record.dagster_run).status == WorkerStatus.FAILED
+        logger = logging.getLogger("iimed-test-monitoring")
+        monitor_started_run(instance, None, record, logger)
+        assert instance.get_run_by_id(record.dagster_run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert instance.event_log_storage.get_concurrency_run_ids()  # until the daemon's slot iteration
+        with freeze_time(time.time() + 60):
+            list(execute_concurrency_slots_iteration(SimpleNamespace(instance=instance), logger))
+        assert not instance.event_log_storage.get_concurrency_run_ids()

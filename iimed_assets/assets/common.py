@@ -15,12 +15,15 @@ import pyarrow as pa
 
 from iimed_assets.core.markdown import markdown_table  # noqa: F401  (re-exported for the assets)
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_COLUMN_DESCRIPTIONS, SAMPLE_COLUMNS_DDL, check_identifier
+from iimed_assets.run_health import patch_slot_wait
 from iimed_assets.resources.warehouse import LEDGER_TABLE, Staged, Swap, SwapBlocked, Warehouse
 from iimed_assets.sources.ingest import BatchWriter
 
 # Concurrency pool of the GPU-bound assets (local vLLM generation/judging, embeddings, K-means). The
-# project dagster.yaml gives every pool one slot, so concurrent runs queue on the device.
+# project dagster.yaml gives every pool one slot, so concurrent runs queue on the device; a step waiting for the
+# slot sleeps and stops on SIGTERM (run_health.patch_slot_wait), and dead runs free it (run_health).
 GPU_POOL = "gpu"
+patch_slot_wait()
 
 
 @dataclass
