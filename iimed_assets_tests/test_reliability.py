@@ -478,3 +478,24 @@ def test_run_monitoring_fails_a_dead_run_and_its_slot_is_freed(tmp_path):
         with freeze_time(time.time() + 60):
             list(execute_concurrency_slots_iteration(SimpleNamespace(instance=instance), logger))
         assert not instance.event_log_storage.get_concurrency_run_ids()
+
+
+# ---- 10 (second half). a kill -9 leaves no staging folder behind for good --------------------------------------------
+
+def test_staging_folder_of_a_killed_process_is_swept_by_the_next_stage(warehouse_path, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from iimed_assets.resources.warehouse import Warehouse\n"
+            "with Warehouse(path=sys.argv[1]).staging_folder('instruct_prompt_rows-healthcaremagic') as p:\n"
+            "    (p / 'rows.parquet').write_bytes(b'x' * 1000); print(p.name, flush=True); os._exit(9)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(warehouse_path)], capture_output=True, text=True)
+    left = out.stdout.strip()
+    wh = Warehouse(path=str(warehouse_path))
+    assert left and (wh.staging_dir / left).is_dir()  # what kill -9 leaves
+    legacy = wh.staging_dir / "r1_emb-synthetic_1-abc123"  # a folder from before owner marks, fresh: kept
+    legacy.mkdir()
+    with wh.staging_folder("qa_samples-medqa") as mine:
+        assert mine.is_dir() and not (wh.staging_dir / left).exists()
+        assert legacy.exists()
+    assert not mine.exists()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import dagster as dg
@@ -40,10 +38,11 @@ class StagedPartition:
 
 @contextlib.contextmanager
 def staged_partition(warehouse: Warehouse, asset: str, partition: str, row_schema: pa.Schema) -> Iterator[StagedPartition]:
-    """Temporary Parquet files beside the warehouse; removed after the block (swap inside it)."""
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{partition}-", dir=warehouse.staging_dir) as tmp:
-        stage = StagedPartition(BatchWriter(Path(tmp) / "rows.parquet", row_schema, 1000),
-                                BatchWriter(Path(tmp) / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000))
+    """Temporary Parquet files beside the warehouse; removed after the block (swap inside it), or by the next stage
+    when a kill skipped that."""
+    with warehouse.staging_folder(f"{asset}-{partition}") as tmp:
+        stage = StagedPartition(BatchWriter(tmp / "rows.parquet", row_schema, 1000),
+                                BatchWriter(tmp / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000))
         try:
             yield stage
         finally:

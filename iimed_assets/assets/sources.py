@@ -9,8 +9,6 @@ check leaves the previous rows and ledger of the partition exactly as they were.
 
 
 import json
-import tempfile
-from pathlib import Path
 
 import dagster as dg
 
@@ -32,9 +30,9 @@ def materialize_source_partition(
     origin = catalog.origin(name)
     expects = catalog.expectations(spec)
     context.log.info(f"{asset}[{name}]: reading {spec.title} from {origin}")
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=warehouse.staging_dir) as tmp:
+    with warehouse.staging_folder(f"{asset}-{name}") as tmp:
         result = ingest(
-            catalog.read(name), source=name, section=spec.section, staging_dir=Path(tmp),
+            catalog.read(name), source=name, section=spec.section, staging_dir=tmp,
             batch_rows=catalog.batch_rows, max_rows=catalog.resolved_max_rows(),
             progress=Progress(context.log.info, f"{asset}[{name}]"), progress_every=10_000,
         )

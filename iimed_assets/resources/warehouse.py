@@ -17,7 +17,9 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from iimed_assets.core.schema import (
 )
 
 LEDGER_TABLE = "row_ledger"
+_OWNER_MARK = "@"  # staging folder names end in @<host>~<pid>~<random>
 ENV_WAREHOUSE = "IIMED_WAREHOUSE"
 ENV_MEMORY = "IIMED_DUCKDB_MEMORY_LIMIT"
 
@@ -174,6 +177,39 @@ class Warehouse(dg.ConfigurableResource):
         path = self.database.parent / "staging"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @contextlib.contextmanager
+    def staging_folder(self, prefix: str) -> Iterator[Path]:
+        """A folder of `staging_dir` for one stage's files, removed on every way out. Its name carries this host
+        and process, so a folder left by a killed process (kill -9 skips every `finally`) is removed by the next
+        stage that stages anything (`sweep_staging`)."""
+        self.sweep_staging()
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{_OWNER_MARK}{socket.gethostname()}~{os.getpid()}~",
+                                     dir=self.staging_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def sweep_staging(self, max_age_s: float = 86_400.0) -> list[str]:
+        """Remove staging folders whose process is gone: on this host, its pid no longer runs; from another host
+        (or without an owner mark: made before marks existed), untouched for `max_age_s`. Returns their names."""
+        here, now, removed = socket.gethostname(), time.time(), []
+        for path in self.staging_dir.iterdir():
+            if not path.is_dir():
+                continue
+            owner = path.name.rsplit(_OWNER_MARK, 1)[1].split("~") if _OWNER_MARK in path.name else None
+            if owner and len(owner) >= 3 and owner[0] == here and owner[1].isdigit():
+                stale = not _pid_alive(int(owner[1]))
+            else:
+                try:
+                    stale = now - path.stat().st_mtime > max_age_s
+                except FileNotFoundError:  # removed by its owner meanwhile
+                    continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        return removed
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
