@@ -14,7 +14,7 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass, field
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from iimed_assets.core.schema import Reason, content_key, make_row_id
@@ -291,7 +291,7 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
     """Normalise a gold answer into an option letter when the row has options."""
     if value is None:
         return None
-    if _non_finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         raise RowRejected(Reason.NON_FINITE, f"gold answer is {value}")
     if fmt == "index0":
         try:
@@ -574,25 +574,22 @@ def _native_id(record: Any, id_path: str | tuple[str, ...] | None) -> Any:
         return None
     if isinstance(id_path, str):
         value = get_path(record, id_path)
-        return None if _non_finite(value) else value
+        return None if isinstance(value, float) and not math.isfinite(value) else value
     parts = [get_path(record, p) for p in id_path]
     if any(p is None or p == "" or _non_finite(p) for p in parts):
         return None
     return "/".join(str(p) for p in parts)
 
 
-def guarded(convert: Callable[[], Any]) -> Any:
-    """`convert()`, with the failures of one malformed record turned into its `RowRejected`: a record nested
-    beyond the recursion limit is `too_deep`, any other unexpected exception `record_error` (type: message).
-    One bad record never stops a partition; the row ledger says which and why."""
-    try:
-        return convert()
-    except RowRejected as rej:
-        return rej
-    except RecursionError:
+def as_rejection(exc: Exception) -> RowRejected:
+    """What one malformed record's exception means for the ledger: its own `RowRejected`; `too_deep` for a record
+    nested beyond the recursion limit; `record_error` (type: message) for anything unexpected. The callers catch
+    `Exception` around one record's conversion, so one bad record never stops a partition."""
+    if isinstance(exc, RowRejected):
+        return exc
+    if isinstance(exc, RecursionError):
         return RowRejected(Reason.TOO_DEEP, "the record is nested beyond the recursion limit")
-    except Exception as exc:  # noqa: BLE001 - the record is ledgered with the exception, the partition goes on
-        return RowRejected(Reason.RECORD_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
+    return RowRejected(Reason.RECORD_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 def required_roots(fm: FieldMap) -> set[str]:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iimed_assets.core.coverage import FieldCoverage
-from iimed_assets.core.normalize import RowRejected, guarded, normalize_record, required_roots
+from iimed_assets.core.normalize import RowRejected, as_rejection, normalize_record, required_roots
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA, Reason
 from iimed_assets.sources.loaders import RawItem
 from iimed_assets.sources.records import hub_outcomes, required_fields
@@ -215,8 +215,11 @@ def _outcomes(item: RawItem, source: str, section: str) -> list[dict | RowReject
         return [RowRejected(*item.error)]
     if item.spec is not None:
         return hub_outcomes(item.spec, item.record)
-    return [guarded(lambda: normalize_record(item.record, item.fields, source=source, section=section,
-                                             fallback_native_id=item.fallback_id, native_prefix=item.native_prefix))]
+    try:
+        return [normalize_record(item.record, item.fields, source=source, section=section,
+                                 fallback_native_id=item.fallback_id, native_prefix=item.native_prefix)]
+    except Exception as exc:  # noqa: BLE001 - one record's failure is its ledger row (as_rejection)
+        return [as_rejection(exc)]
 
 
 class _MappingProbe:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from iimed_assets.core.adapters import get_adapter
-from iimed_assets.core.normalize import RowRejected, guarded, normalize_record, required_roots
+from iimed_assets.core.normalize import RowRejected, as_rejection, normalize_record, required_roots
 from iimed_assets.core.schema import Reason
 from iimed_assets.sources.registry import SourceSpec, get_source
 
@@ -22,14 +22,22 @@ def hub_outcomes(spec: SourceSpec, record: Any) -> list[dict | RowRejected]:
     A plain entry gives one outcome. An entry with an adapter may give several (ApolloCorpus: one per
     question/answer pair, each with its own id).
     """
-    parts = guarded(lambda: get_adapter(spec.adapter).fn(record) if spec.adapter else [record])
-    if isinstance(parts, RowRejected):
-        return [parts]
+    try:
+        parts = get_adapter(spec.adapter).fn(record) if spec.adapter else [record]
+    except Exception as exc:  # noqa: BLE001 - one record's failure is its ledger row (as_rejection)
+        return [as_rejection(exc)]
     if not parts:
         return [RowRejected(Reason.MISSING_PROMPT, "the record holds no sample")]
-    return [part if isinstance(part, RowRejected) else
-            guarded(lambda: normalize_record(part, spec.fields, source=spec.name, section=spec.section))
-            for part in parts]
+    out: list[dict | RowRejected] = []
+    for part in parts:
+        if isinstance(part, RowRejected):
+            out.append(part)
+            continue
+        try:
+            out.append(normalize_record(part, spec.fields, source=spec.name, section=spec.section))
+        except Exception as exc:  # noqa: BLE001
+            out.append(as_rejection(exc))
+    return out
 
 
 def rows_from_record(source: str, record: Any) -> list[dict]:
