@@ -34,3 +34,5 @@ defs = dg.Definitions(
     sensors=[failure_alerts],
     resources=RESOURCES,
 )
+
+__all__ = ["defs", "MATERIALIZE_ORDER", "PROFILE", "RESOURCES"]  # MATERIALIZE_ORDER lives in assets/graph.py
