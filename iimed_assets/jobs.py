@@ -21,7 +21,7 @@ SECTION_JOBS_SPEC: dict[str, tuple[str, list[str]]] = {
     "section1_public_reasoning": (
         "Section 1: public medical reasoning traces, per source.", ["public_reasoning_rows"]),
     "section2_rejection_sampling": (
-        "Section 2: QA seeds → n samples per prompt → verified shortest correct sample, per seed source.",
+        "Section 2: QA seeds → n samples per prompt → verified correct samples (the keep rule), per seed source.",
         ["qa_seed_rows", "qa_samples", "qa_verified"]),
     "section3_r1_domain_filter": (
         "Section 3: public R1 traces → prompt embeddings → K-means → LLM domain vote → medical/biology traces.",
