@@ -1,14 +1,15 @@
-"""Real text for the cleaning benchmarks, from ../shared/data (bundled sample as fallback)."""
+"""Real text for the cleaning benchmarks, from ../shared/data or $IIMED_SHARED_DATA (bundled sample as fallback)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("IIMED_SHARED_DATA") or ROOT.parent / "shared" / "data")
 SAMPLE = ROOT / "iimed_assets" / "sources" / "sample"
 
 
@@ -130,3 +131,11 @@ def labelled_domain_prompts(per_set: int = 150, per_mmlu_subject: int = 20) -> l
         step = max(1, len(rows) // per_set)
         out += [(name, domain, get(r)) for r in rows[::step][:per_set]]
     return [(s, d, p) for s, d, p in out if p and p.strip()]
+
+
+def all_prompts() -> list[str]:
+    """Every distinct real prompt the other helpers read (clean prompts, all labelled domain prompts, eval questions
+    with their PubMedQA contexts): a pool with the length spread of real R1 prompts, for throughput benches."""
+    out = clean_prompts() + [p for _, _, p in labelled_domain_prompts(10**9, 10**9)]
+    out += [r["QUESTION"] + "\n" + " ".join(r.get("CONTEXTS") or []) for r in _jsonl("pubmedqa/ori_pqal.jsonl")]
+    return list(dict.fromkeys(t for t in out if t and t.strip()))

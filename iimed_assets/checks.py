@@ -12,6 +12,8 @@ import dagster as dg
 ROWS_CONSERVED = "rows_conserved"
 ROW_COUNT_IN_BOUNDS = "row_count_in_bounds"
 NO_EMPTY_PROMPTS = "no_empty_prompts"
+FIELD_COVERAGE = "field_coverage"
+DUPLICATE_IDS_WITHIN_BOUND = "duplicate_ids_within_bound"
 
 
 def source_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
@@ -22,6 +24,11 @@ def source_check_specs(asset: str) -> list[dg.AssetCheckSpec]:
                           description="The partition holds as many rows as configured for its source."),
         dg.AssetCheckSpec(NO_EMPTY_PROMPTS, asset=asset, blocking=True,
                           description="No written row has an empty prompt."),
+        dg.AssetCheckSpec(FIELD_COVERAGE, asset=asset, blocking=True,
+                          description="Each field the source declares (reasoning, options, gold, response, context) "
+                                      "is present in at least its declared share of rows."),
+        dg.AssetCheckSpec(DUPLICATE_IDS_WITHIN_BOUND, asset=asset, blocking=True,
+                          description="The share of rows whose id repeats an earlier row stays under the source's bound."),
     ]
 
 
@@ -57,4 +64,40 @@ def no_empty_prompts(empty: int, rows: int) -> dg.AssetCheckResult:
         passed=empty == 0,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={"empty_prompts": empty, "rows": rows, "threshold": "empty_prompts == 0"},
+    )
+
+
+def field_coverage(shares: dict[str, float], expects: dict[str, float], rows: int,
+                   missing_examples: dict[str, list[tuple[str, str]]]) -> dg.AssetCheckResult:
+    """Blocking: a declared field far below its share means a wrong mapping, not noise. The description names the
+    field(s); the metadata holds every share, every minimum and rows that lack the failing fields."""
+    short = {f: (shares.get(f, 0.0), m) for f, m in expects.items() if shares.get(f, 0.0) < m} if rows else {}
+    lines = [f"{f}: {share:.1%} < {m:.0%}" for f, (share, m) in short.items()]
+    examples = [f"**{f}** missing in: " + "; ".join(f"`{i}` {p}" for i, p in missing_examples.get(f, [])[:3])
+                for f in short]
+    return dg.AssetCheckResult(
+        check_name=FIELD_COVERAGE,
+        passed=not short,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**{f"share_{f}": v for f, v in shares.items()},
+                  **{f"min_{f}": v for f, v in expects.items()},
+                  "rows": rows, "threshold": "share >= declared minimum, per declared field",
+                  "examples": dg.MetadataValue.md("\n\n".join(examples) or "_none_")},
+        description=("field coverage too low: " + ", ".join(lines)) if short else
+                    (None if rows else "no rows to measure (the row-count check covers empty partitions)"),
+    )
+
+
+def duplicate_ids_within_bound(duplicates: int, rows: int, bound: float,
+                               top: list[tuple[str, int]]) -> dg.AssetCheckResult:
+    """Blocking: many rows sharing an id means the id key is wrong (e.g. an index that repeats across subsets)."""
+    share = duplicates / rows if rows else 0.0
+    return dg.AssetCheckResult(
+        check_name=DUPLICATE_IDS_WITHIN_BOUND,
+        passed=share <= bound,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"duplicate_rows": duplicates, "rows": rows, "duplicate_share": round(share, 4),
+                  "max_share": bound, "most_repeated": dg.MetadataValue.json(dict(top))},
+        description=None if share <= bound else
+        f"{share:.1%} of rows repeat an earlier id (bound {bound:.0%}): the source's id key is probably wrong",
     )

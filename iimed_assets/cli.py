@@ -67,7 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     mat.add_argument("--partitions", nargs="*", help="only these partition keys")
     mat.add_argument("--set", action="append", metavar="ASSET.FIELD=VALUE", dest="settings",
                      help="override one stage setting of the profile, e.g. qa_samples.n=6 (repeatable)")
-    sub.add_parser("sources", help="list the source registry")
+    src = sub.add_parser("sources", help="list the source registry, or probe the sources (--probe)")
+    src.add_argument("names", nargs="*", metavar="SOURCE", help="only these sources (default: all)")
+    src.add_argument("--probe", action="store_true",
+                     help="read the first rows of each source through the full run's conversion and report "
+                          "ok/failed, field coverage, an example row and the reason for a failure")
+    src.add_argument("--rows", type=int, default=20, help="native records to read per source with --probe")
+    src.add_argument("--mode", choices=("hub", "sample"), default=None,
+                     help="where to read from with --probe (default: hub; $IIMED_HUB_MIRROR and "
+                          "$IIMED_SOURCE_<NAME> apply)")
     dev = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", default="3000")
@@ -79,13 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["IIMED_PROFILE"] = args.profile  # before any asset module loads: it sets their defaults
 
     if args.command == "sources":
-        from iimed_assets.resources.catalog import SourceCatalog
-        from iimed_assets.sources.registry import SOURCES
-
-        catalog = SourceCatalog()
-        for spec in SOURCES:
-            print(f"{spec.section:17} {spec.name:32} {catalog.origin(spec.name)}")
-        return 0
+        return _sources(args, parser)
 
     home = prepare_dagster_home()
     if args.command == "dev":
@@ -121,6 +123,35 @@ def main(argv: list[str] | None = None) -> int:
     failures = [o for o in outcomes if o.status == "FAILED"]
     print(f"\n{len(failures)} failed partition runs" if failures else "\nall partitions materialized")
     return 1 if failures else 0
+
+
+def _sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`iimed-assets sources [--probe [--rows N] [--mode hub|sample]] [SOURCE...]`."""
+    from iimed_assets.resources.catalog import SourceCatalog
+    from iimed_assets.sources.registry import BY_NAME, SOURCES
+
+    unknown = [n for n in args.names if n not in BY_NAME]
+    if unknown:
+        parser.error(f"unknown source(s) {unknown}; known: {', '.join(sorted(BY_NAME))}")
+    specs = [s for s in SOURCES if not args.names or s.name in args.names]
+    if not args.probe:
+        catalog = SourceCatalog(mode=args.mode)
+        for spec in specs:
+            print(f"{spec.section:17} {spec.name:32} {catalog.origin(spec.name)}")
+        return 0
+
+    from iimed_assets.sources.probe import probe_source
+
+    catalog = SourceCatalog(mode=args.mode or "hub")
+    failed = 0
+    for spec in specs:
+        result = probe_source(spec, lambda: catalog.read(spec.name), origin=catalog.origin(spec.name),
+                              hub_layout=catalog.hub_layout(spec.name), expects=catalog.expectations(spec),
+                              rows=args.rows)
+        failed += not result.ok
+        print("\n".join(result.lines()), flush=True)
+    print(f"\n{len(specs) - failed} ok, {failed} failed (first {args.rows} records per source)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

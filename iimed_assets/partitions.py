@@ -4,23 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
+from iimed_assets.core.schema import EVAL, INSTRUCT, PUBLIC_REASONING, QA_SEED, R1_TRACES, SECTIONS
 from iimed_assets.sources.registry import sources_in
 
-
-def _partitions(section: str) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition([s.name for s in sources_in(section)])
-
-
-public_reasoning_partitions = _partitions("public_reasoning")
-qa_seed_partitions = _partitions("qa_seed")
-r1_trace_partitions = _partitions("r1_traces")
-instruct_partitions = _partitions("instruct")
-eval_partitions = _partitions("eval")
-
 PARTITIONS_BY_SECTION = {
-    "public_reasoning": public_reasoning_partitions,
-    "qa_seed": qa_seed_partitions,
-    "r1_traces": r1_trace_partitions,
-    "instruct": instruct_partitions,
-    "eval": eval_partitions,
+    section: dg.StaticPartitionsDefinition([s.name for s in sources_in(section)]) for section in SECTIONS
 }
+public_reasoning_partitions = PARTITIONS_BY_SECTION[PUBLIC_REASONING]
+qa_seed_partitions = PARTITIONS_BY_SECTION[QA_SEED]
+r1_trace_partitions = PARTITIONS_BY_SECTION[R1_TRACES]
+instruct_partitions = PARTITIONS_BY_SECTION[INSTRUCT]
+eval_partitions = PARTITIONS_BY_SECTION[EVAL]

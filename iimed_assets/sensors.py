@@ -1,61 +1,52 @@
 """`failure_alerts`: one alert per failed asset check (any severity, blocking or not) and per failed run.
 
-The sensor reads the instance event log from its cursor: the storage id of the last check-evaluation
-event and of the last run-failure event it has dealt with. Each failure is logged and posted to the
-webhook once; the cursor moves past an event only after its alert went out, so a webhook outage delays
-alerts (they are retried on the next tick, in order) instead of dropping them. With no webhook
-configured the failures are logged only. On its very first tick the sensor starts from the current
-end of the event log, like Dagster's own run-failure sensors, so turning it on does not replay history.
+The sensor follows the runs that finished since its cursor, through Dagster's public instance API:
+`fetch_run_status_changes` lists the runs that succeeded, failed or were canceled (it reads the cross-run
+index, on every storage, including the default per-run SQLite shards), and `get_records_for_run` lists
+each of those runs' check evaluations. A failed check is therefore alerted when its run ends (a blocking
+ERROR ends it at once). Each failure is logged and posted to the webhook once: the cursor moves past a
+run only after all its alerts went out, and within a run past each alert delivered, so a webhook outage
+delays alerts (retried on the next tick, in order) instead of dropping or repeating them. With no webhook
+configured the failures are logged only. On its very first tick the sensor starts from the current end of
+the event log, like Dagster's own run-failure sensors, so turning it on does not replay history.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.events import DagsterEventType
-from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 
 from iimed_assets.core.alerts import Failure, check_failure, run_failure, slack_payload
 from iimed_assets.resources.alerts import AlertDeliveryError, AlertWebhook
 
 SENSOR_NAME = "failure_alerts"
-BATCH = 200
+BATCH = 100  # finished runs read per status per tick
+FINISHED = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_CANCELED)
 
 
 @dataclass
 class AlertCursor:
-    check_after: int
-    run_after: int
+    """Per run status, the storage id of the last finished run dealt with; `partial` is the run whose alerts
+    were being delivered when the webhook refused one: {"run_id", "after": storage id of its last check sent}."""
+
+    after: dict[str, int]
+    partial: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, raw: str | None) -> AlertCursor | None:
         if not raw:
             return None
         data = json.loads(raw)
-        return cls(int(data["check_after"]), int(data["run_after"]))
+        return cls({k: int(v) for k, v in data["after"].items()}, data.get("partial") or {})
 
     def dumps(self) -> str:
-        return json.dumps({"check_after": self.check_after, "run_after": self.run_after})
+        return json.dumps({"after": self.after, "partial": self.partial})
 
 
 def _metadata_values(metadata: dict) -> dict[str, object]:
     return {k: getattr(v, "value", v) for k, v in (metadata or {}).items()}
-
-
-def _index_records(instance: dg.DagsterInstance, event_type: DagsterEventType, after: int) -> list:
-    """Events of one type after a storage id, oldest first, from the cross-run index.
-
-    Dagster's default SQLite storage shards events per run, but mirrors check evaluations and run
-    status changes into its index shard, whose ids are global. Read there, as Dagster's own
-    fetch_run_status_changes does; other storages (Postgres, consolidated SQLite) have one table.
-    """
-    records_filter = dg.EventRecordsFilter(event_type, after_cursor=after)
-    storage = instance.event_log_storage
-    if storage.is_run_sharded and isinstance(storage, SqlEventLogStorage):
-        return list(SqlEventLogStorage.get_event_records(storage, records_filter, limit=BATCH, ascending=True))
-    return list(instance.get_event_records(records_filter, limit=BATCH, ascending=True))
 
 
 def _job_name(run) -> str:
@@ -63,20 +54,28 @@ def _job_name(run) -> str:
     return "" if name.startswith("__") else name  # __ephemeral_asset_job__: an ad-hoc asset selection
 
 
-def _check_failures(instance: dg.DagsterInstance, after: int) -> list[tuple[int, Failure | None]]:
-    """(storage id, failure or None for a passed check) for check evaluations after `after`."""
-    records = _index_records(instance, DagsterEventType.ASSET_CHECK_EVALUATION, after)
-    out: list[tuple[int, Failure | None]] = []
-    for record in records:
+def _finished_runs(instance: dg.DagsterInstance, status: dg.DagsterEventType, after: int) -> list:
+    """Run status events of one kind after a storage id, oldest first."""
+    return list(instance.fetch_run_status_changes(
+        dg.RunStatusChangeRecordsFilter(status, after_storage_id=after), limit=BATCH, ascending=True).records)
+
+
+def _latest_storage_id(instance: dg.DagsterInstance, status: dg.DagsterEventType) -> int:
+    records = instance.fetch_run_status_changes(status, limit=1, ascending=False).records
+    return records[0].storage_id if records else 0
+
+
+def _check_failures(instance: dg.DagsterInstance, run) -> list[tuple[int, Failure]]:
+    """(storage id, failure) for every failed check evaluation of a run, oldest first."""
+    out = []
+    for record in instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records:
         event = record.event_log_entry.dagster_event
         evaluation = event.event_specific_data if event else None
         if evaluation is None or evaluation.passed:
-            out.append((record.storage_id, None))
             continue
-        run = instance.get_run_by_id(record.run_id)
-        partition = getattr(evaluation, "partition", None) or (run.tags.get("dagster/partition") if run else None)
+        partition = getattr(evaluation, "partition", None) or run.tags.get("dagster/partition")
         out.append((record.storage_id, check_failure(
-            key=f"check:{record.storage_id}", run_id=record.run_id, job=_job_name(run),
+            key=f"check:{record.storage_id}", run_id=run.run_id, job=_job_name(run),
             asset=evaluation.asset_key.to_user_string(), partition=partition,
             check=evaluation.check_name, severity=evaluation.severity.value,
             blocking=bool(getattr(evaluation, "blocking", False)), description=evaluation.description,
@@ -93,37 +92,42 @@ def _root_cause(error) -> str:
     return f"{error.cls_name}: {error.message.strip()}" if error.cls_name else error.message.strip()
 
 
-def _run_failures(instance: dg.DagsterInstance, after: int) -> list[tuple[int, Failure]]:
-    records = _index_records(instance, DagsterEventType.RUN_FAILURE, after)
-    out = []
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        run = instance.get_run_by_id(record.run_id)
-        data = event.event_specific_data if event else None
-        message = _root_cause(getattr(data, "error", None)) or record.event_log_entry.user_message or \
-            (event.message if event else "") or "run failed"
-        assets = sorted(k.to_user_string() for k in (run.asset_selection or [])) if run else []
-        out.append((record.storage_id, run_failure(
-            key=f"run:{record.storage_id}", run_id=record.run_id, job=_job_name(run),
-            message=message, assets=assets, partition=run.tags.get("dagster/partition") if run else None)))
-    return out
+def _run_failure(record, run) -> Failure:
+    event = record.event_log_entry.dagster_event
+    data = event.event_specific_data if event else None
+    message = _root_cause(getattr(data, "error", None)) or record.event_log_entry.user_message or \
+        (event.message if event else "") or "run failed"
+    assets = sorted(k.to_user_string() for k in (run.asset_selection or [])) if run else []
+    return run_failure(key=f"run:{record.storage_id}", run_id=record.run_id, job=_job_name(run), message=message,
+                       assets=assets, partition=run.tags.get("dagster/partition") if run else None)
+
+
+def _alerts_of(instance: dg.DagsterInstance, record) -> list[tuple[int, Failure]]:
+    """A finished run's alerts, in order: its failed checks, then the run failure itself (id 0: sent last)."""
+    run = instance.get_run_by_id(record.run_id)
+    alerts = _check_failures(instance, run) if run else []
+    if record.event_log_entry.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE:
+        alerts.append((0, _run_failure(record, run)))
+    return alerts
 
 
 def evaluate_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhook) -> dg.SkipReason:
-    """One tick: alert on new failures, advance the cursor past every event dealt with."""
+    """One tick: alert on the failures of newly finished runs, advance the cursor past every alert dealt with."""
     instance = context.instance
     cursor = AlertCursor.parse(context.cursor)
     if cursor is None:
-        start = instance.event_log_storage.get_maximum_record_id() or 0
-        context.update_cursor(AlertCursor(start, start).dumps())
-        return dg.SkipReason(f"started; alerting on failures after event {start}")
+        start = {s.value: _latest_storage_id(instance, s) for s in FINISHED}
+        context.update_cursor(AlertCursor(start).dumps())
+        return dg.SkipReason(f"started; alerting on runs that finish after events {start}")
 
     sent = logged = 0
     undelivered: str | None = None
-    for kind, items in (("check", _check_failures(instance, cursor.check_after)),
-                        ("run", _run_failures(instance, cursor.run_after))):
-        for storage_id, failure in items:
-            if failure is not None:
+    for status in FINISHED:
+        for record in _finished_runs(instance, status, cursor.after.get(status.value, 0)):
+            done_in_run = cursor.partial.get("after", -1) if cursor.partial.get("run_id") == record.run_id else -1
+            for storage_id, failure in _alerts_of(instance, record):
+                if 0 < storage_id <= done_in_run:
+                    continue  # delivered on an earlier tick
                 context.log.error(failure.log_line())
                 if alerts.configured():
                     try:
@@ -135,11 +139,15 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhook) -
                         break
                 else:
                     logged += 1
-            if kind == "check":
-                cursor.check_after = storage_id
-            else:
-                cursor.run_after = storage_id
+                if storage_id:
+                    cursor.partial = {"run_id": record.run_id, "after": storage_id}
+            if undelivered:
+                break
+            cursor.after[status.value] = record.storage_id
+            cursor.partial = {}
         context.update_cursor(cursor.dumps())
+        if undelivered:
+            break
     summary = f"{sent} alerts posted, {logged} logged only" + \
         ("" if alerts.configured() else f" (set ${alerts.url_env} to post them)")
     if undelivered:

@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture
 def warehouse_path(tmp_path, monkeypatch) -> Path:

@@ -1,9 +1,11 @@
 """Cleaning: MinHash dedup and two-step decontamination (pure, against brute force and real data), and the
 sft_* assets end to end over a real DuckDB file, down to a Parquet export that `datasets` loads."""
 
+import gzip
 import json
 import random
 import string
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -12,7 +14,7 @@ import pytest
 from rapidfuzz import fuzz, process
 from rapidfuzz.utils import default_process
 
-from iimed_assets.assets.cleaning import eval_index_items
+from iimed_assets.assets.cleaning.common import read_eval_items
 from iimed_assets.core import decontam, dedup
 from iimed_assets.core.normalize import normalize_record
 from iimed_assets.definitions import MATERIALIZE_ORDER
@@ -21,9 +23,14 @@ from iimed_assets.resources.warehouse import Warehouse
 from iimed_assets.sources.loaders import SAMPLE_DIR
 from iimed_assets.sources.registry import _R1_TRACE, _SELFBIORAG_MEDMCQA
 
-from .conftest import SHARED_DATA
-
 CHATDOCTOR = [json.loads(line) for line in open(SAMPLE_DIR / "chatdoctor/chatdoctor5k.jsonl")]
+# Real rows beyond the bundled sample (scripts/build_test_fixtures.py; each folder's SOURCE.md names the origin).
+FIXTURES = Path(__file__).parent / "fixtures" / "cleaning"
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _edited(text: str, rng: random.Random, edits: int) -> str:
@@ -131,6 +138,48 @@ def test_minhash_estimates_jaccard_like_datasketch():
     err_ours = np.abs(np.array(ours) - exact).mean()
     err_theirs = np.abs(np.array(theirs) - exact).mean()
     assert err_ours < 0.04 and err_ours < 1.5 * err_theirs + 0.01
+
+
+def _reference_shingles(texts, ngram, tokenize):
+    """Shingle hashes by their definition, one Python step at a time: crc32 word hashes, h = mix(h·P1 + w)."""
+    import zlib
+
+    hashes, counts = [], []
+    with np.errstate(over="ignore"):
+        for t in texts:
+            words = [w.encode("utf-8", "surrogatepass") for w in tokenize(t)]
+            w = [np.uint64((zlib.crc32(b) << 32) | zlib.crc32(b, 0x5BD1E995)) for b in words]
+            n = max(len(w) - ngram + 1, 1) if w else 0
+            padded = w + [np.uint64(0)] * (ngram - 1)
+            for start in range(n):
+                h = np.uint64(0)
+                for k in range(ngram):
+                    h = dedup._mix(h * dedup._P1 + padded[start + k])
+                hashes.append(h)
+            counts.append(n)
+    return np.array(hashes, dtype=np.uint64), np.array(counts, dtype=np.int64)
+
+
+def test_minhash_kernels_are_bit_identical_to_numpy():
+    """The numba kernels (ASCII fast path, Unicode path through the word-hash cache) give exactly the shingles of
+    the definition, and signatures equal the numpy (shingles × permutations) minimum."""
+    texts = [r["output"] for r in CHATDOCTOR[:40]] + [r["input"] for r in CHATDOCTOR[:20]]
+    texts += ["", "!!!", "a", "a b", "Temp 38.5°C — fever”", "Kelvin \u212a and İstanbul", "Straße ÄÖÜ groß",
+              "中文 混合 text 123", "tab\tsep\nnew_line under_score", "lone \ud800 surrogate", "UPPER lower MiXeD"]
+    texts += [t.upper() for t in texts[:5]]
+    assert any(not t.isascii() for t in texts) and any(t.isascii() for t in texts)
+    for ngram, tokenize in ((4, dedup.tokens), (8, decontam.normalized_words), (1, dedup.tokens)):
+        want_h, want_c = _reference_shingles(texts, ngram, tokenize)
+        got_h, got_c = dedup.shingle_batch(texts, ngram, tokenize=tokenize)
+        assert got_c.tolist() == want_c.tolist() and got_h.tolist() == want_h.tolist(), ngram
+    mh = dedup.MinHasher(64, seed=5)
+    h, c = dedup.shingle_batch(texts)
+    sig = mh.signatures(h, c)
+    x = (h ^ (h >> np.uint64(32))).astype(np.uint32)
+    ends = np.cumsum(c)
+    for d, (e, n) in enumerate(zip(ends.tolist(), c.tolist())):
+        want = (x[e - n:e, None] * mh.a[None, :] + mh.b[None, :]).min(axis=0) if n else np.full(64, 0xFFFFFFFF)
+        assert (sig[d] == want).all(), d
 
 
 def test_lsh_params_sit_below_the_threshold():
@@ -274,16 +323,14 @@ def eval_warehouse(tmp_path_factory):
 
 
 def _trace_prompts() -> list[str]:
-    prompts = []
-    for f in sorted((SHARED_DATA / "r1_medical_traces").glob("*.jsonl")):
-        for line in open(f):
-            row = normalize_record(json.loads(line), _R1_TRACE, source="r1", section="r1_traces")
-            prompts.append(row["prompt"])
-    return prompts
+    """All 662 real R1 traces of MedAgentsBench: the bundled ones and, from the fixture, the rest (question fields)."""
+    records = [r for f in sorted((SAMPLE_DIR / "r1_medical_traces").glob("*.jsonl")) for r in _jsonl(f)]
+    records += _jsonl(FIXTURES / "r1_medical_traces" / "questions_not_bundled.jsonl")
+    return [normalize_record(r, _R1_TRACE, source="r1", section="r1_traces")["prompt"] for r in records]
 
 
 def test_every_real_r1_trace_is_removed(eval_warehouse):
-    items = eval_index_items(Warehouse(path=str(eval_warehouse)))
+    items = read_eval_items(Warehouse(path=str(eval_warehouse)))
     prompts = _trace_prompts()
     assert len(prompts) == 662
     hits = decontam.NgramIndex(items).match_batch([decontam.strip_boilerplate(p) for p in prompts])
@@ -296,25 +343,23 @@ def test_every_real_r1_trace_is_removed(eval_warehouse):
 
 def test_known_train_eval_overlaps_are_caught(eval_warehouse):
     wh = Warehouse(path=str(eval_warehouse))
-    items = [it for it in eval_index_items(wh) if it.eval_set == "medmcqa_validation"]
+    items = [it for it in read_eval_items(wh) if it.eval_set == "medmcqa_validation"]
     index = decontam.NgramIndex(items)
-    demo = [json.loads(line) for line in open(SHARED_DATA / "medical_o1_demo/demo_data.jsonl")]
+    demo = _jsonl(SAMPLE_DIR / "medical_o1_demo/demo_data.jsonl")  # complete (198 rows)
     hits = index.match_batch([d["question"] for d in demo])
     assert {151, 154, 193} <= {i for i, h in enumerate(hits) if h}
-    sb = [json.loads(line) for line in open(SHARED_DATA / "selfbiorag/medmc_qa_train_gpt4.jsonl")]
-    row = normalize_record(sb[853], _SELFBIORAG_MEDMCQA, source="medmcqa", section="qa_seed")
+    (sb853,) = _jsonl(FIXTURES / "selfbiorag" / "medmc_qa_train_gpt4_row853.jsonl")
+    row = normalize_record(sb853, _SELFBIORAG_MEDMCQA, source="medmcqa", section="qa_seed")
     assert index.match_batch([row["prompt"]])[0] is not None
 
 
 def test_clean_prompts_false_positive_rate(eval_warehouse):
-    index = decontam.NgramIndex(eval_index_items(Warehouse(path=str(eval_warehouse))))
-    medical = {"anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-               "professional_medicine", "high_school_biology", "nutrition", "virology", "human_aging"}
-    mmlu = [json.loads(line) for name in ("test_other.jsonl", "test_stem.jsonl")
-            for line in open(SHARED_DATA / "mmlu_all" / name)]
-    clean = [r["question"] + "\n" + "\n".join(r[c] for c in "ABCD") for r in mmlu if r["subject"] not in medical]
-    clean += [json.loads(line)["question"] for line in open(SHARED_DATA / "gsm8k/test.jsonl")]
-    clean += [json.loads(line)["input"] for line in open(SHARED_DATA / "chatdoctor/chatdoctor5k.jsonl")]
+    index = decontam.NgramIndex(read_eval_items(Warehouse(path=str(eval_warehouse))))
+    # non-medical MMLU (test_other + test_stem), all GSM8K test questions, all ChatDoctor-5k patient messages
+    mmlu = _jsonl(FIXTURES / "mmlu_all" / "test_other_stem_nonmedical.jsonl.gz")
+    clean = [r["question"] + "\n" + "\n".join(r[c] for c in "ABCD") for r in mmlu]
+    clean += [r["question"] for r in _jsonl(FIXTURES / "gsm8k" / "test_questions.jsonl.gz")]
+    clean += [r["input"] for r in _jsonl(FIXTURES / "chatdoctor" / "chatdoctor5k_inputs.jsonl.gz")]
     flagged = sum(h is not None for h in index.match_batch(clean))
     assert len(clean) > 10_000 and flagged / len(clean) < 0.005
 
@@ -333,8 +378,8 @@ def test_cleaning_assets_end_to_end(eval_warehouse, tmp_path):
         for key in assets[name].partitions_def.get_partition_keys():
             assert dg.materialize([assets[name]], partition_key=key, resources=resources).success
     con = duckdb.connect(str(wh_path))
-    # Section 3's filter is another issue: stand in for its table with every R1 row (real traces on eval
-    # questions included) plus exact and near copies of some responses.
+    # Stand in for section 3's filter (tested in test_r1.py) with every R1 row, real traces on eval questions
+    # included, plus 10 rows that copy a response under a restated prompt (for sft_deduped to drop).
     con.execute("CREATE TABLE r1_medical_traces AS SELECT *, 0 AS cluster_id, 'medical' AS domain FROM r1_trace_rows")
     con.execute("INSERT INTO r1_medical_traces SELECT id || 'c', source, section, "
                 "'Restated: ' || prompt, messages, gold_answer, options, language, meta, 1, 'medical' "
@@ -377,9 +422,157 @@ def test_cleaning_assets_end_to_end(eval_warehouse, tmp_path):
     card = (out / "README.md").read_text()
     assert f"{n_final:,} chat samples" in card and "near_duplicate" in card and "Jaccard >= 0.7" in card
 
-    # the blocking check fails when a contaminated row is put back
+    # Blocking checks run on the staged rows: when one fails, the run fails and sft_final and the ledger stay
+    # exactly as they were. First a count bound no run can meet (total_in_bounds, ERROR)...
+    before = _snapshot(con)
+    con.close()
+    with dg.instance_for_test() as instance:
+        res = dg.materialize([assets["sft_final"]], resources=resources, raise_on_error=False, instance=instance,
+                             run_config={"ops": {"sft_final": {"config": {"min_rows": 10**9}}}})
+        checks = _logged_checks(instance, res.run_id)
+    assert not res.success and not res.get_asset_materialization_events()
+    assert not checks["total_in_bounds"].passed and checks["total_in_bounds"].metadata["rows"].value == n_final
+    assert all(c.passed for name, c in checks.items() if name != "total_in_bounds")
+    con = duckdb.connect(str(wh_path))
+    assert _snapshot(con) == before
+    # ... then a contaminated row put back into sft_decontaminated.
     con.execute("INSERT INTO sft_decontaminated SELECT * FROM sft_candidates WHERE id = ?", [sorted(traces)[0]])
     con.close()
-    res = dg.materialize([assets["sft_final"]], resources=resources, raise_on_error=False)
-    checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
+    with dg.instance_for_test() as instance:
+        res = dg.materialize([assets["sft_final"]], resources=resources, raise_on_error=False, instance=instance)
+        checks = _logged_checks(instance, res.run_id)
+    assert not res.success and not res.get_asset_materialization_events()
     assert not checks["no_contamination"].passed and not checks["rows_conserved_through_cleaning"].passed
+    assert checks["no_contamination"].metadata["contaminated_rows"].value == 1
+    con = duckdb.connect(str(wh_path))
+    assert _snapshot(con) == before
+    con.close()
+
+
+def _snapshot(con) -> tuple:
+    """sft_final and the whole row ledger, as sorted rows."""
+    final = con.execute("SELECT id, split, md5(messages::VARCHAR) FROM sft_final ORDER BY id").fetchall()
+    ledger = con.execute("SELECT asset, partition, row_id, reason, detail, run_id, recorded_at FROM row_ledger "
+                         "ORDER BY ALL").fetchall()
+    return final, ledger
+
+
+def _logged_checks(instance, run_id: str) -> dict:
+    """The check evaluations a run recorded in the instance (also those logged before a blocked swap failed it)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return {r.event_log_entry.dagster_event.event_specific_data.check_name:
+            r.event_log_entry.dagster_event.event_specific_data for r in records}
+
+
+# ---- the swap: blocking checks on the staged rows, before anything is replaced ------------------------------
+
+def _check(name: str, passed: bool, severity=dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=passed, severity=severity)
+
+
+def _swap_fixture(tmp_path):
+    from iimed_assets.resources.warehouse import Select, Swap
+
+    wh = Warehouse(path=str(tmp_path / "wh.duckdb"))
+    ledger = tmp_path / "ledger.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"row_id": ["x9"], "reason": ["too_short"], "detail": ["staged ledger row"]}), ledger)
+
+    def partition_swap(n: int) -> Swap:  # rows x0..x{n-1} of partition p1, a side table, one ledger row
+        return Swap("stage_t", Select("stage_t", "SELECT 'x' || i AS id, 'p1' AS source, i AS v FROM range(?) t(i)", [n]),
+                    partition="p1", ledger_path=ledger,
+                    side_tables=[Select("stage_side", "SELECT 'p1' AS source, ? AS n", [n])])
+
+    def table_swap(n: int) -> Swap:
+        return Swap("whole_t", Select("whole_t", "SELECT i AS v FROM range(?) t(i)", [n]),
+                    ledger_sql="SELECT 'r' || i AS row_id, 'dropped' AS reason, NULL AS detail FROM range(?) t(i)",
+                    ledger_params=[n])
+
+    return wh, partition_swap, table_swap
+
+
+def _state(wh: Warehouse) -> tuple:
+    tables = sorted(t for (t,) in wh.fetch("SELECT table_name FROM information_schema.tables"))
+    return (tables, wh.fetch("SELECT * FROM stage_t ORDER BY ALL"), wh.fetch("SELECT * FROM stage_side ORDER BY ALL"),
+            wh.fetch("SELECT * FROM whole_t ORDER BY ALL"),
+            wh.fetch("SELECT asset, partition, row_id, reason, detail, run_id, recorded_at FROM row_ledger ORDER BY ALL"))
+
+
+def test_swap_commits_only_when_blocking_checks_pass_on_the_staged_rows(tmp_path):
+    wh, partition_swap, table_swap = _swap_fixture(tmp_path)
+    # other partitions are never touched
+    wh.swap(partition_swap(2), run_id="r0")
+    with wh.connect() as con:
+        con.execute("INSERT INTO stage_t VALUES ('y0', 'p2', 7)")
+    wh.swap(table_swap(2), run_id="r0")
+    before = _state(wh)
+    seen = {}
+
+    def checks(staged):  # evaluated on the staged rows: the new ones, not yet visible in the real tables
+        seen["rows"] = staged.count(wh)
+        seen["ledger"] = staged.ledger_counts(wh)
+        seen["side"] = wh.fetch_one(f"SELECT n FROM {staged.side['stage_side']}")[0]
+        seen["real"] = wh.fetch_one("SELECT count(*) FROM stage_t WHERE source = 'p1'")[0]
+        return [_check("rows_ok", True), _check("soft", False, dg.AssetCheckSeverity.WARN),
+                _check("guard", False)]
+
+    from iimed_assets.resources.warehouse import SwapBlocked
+
+    with pytest.raises(SwapBlocked) as blocked:
+        wh.swap(partition_swap(5), run_id="r1", checks=checks, blocking={"rows_ok", "soft", "guard"})
+    assert seen == {"rows": 5, "ledger": {"too_short": 1}, "side": 5, "real": 2}
+    assert [r.check_name for r in blocked.value.failed] == ["guard"]  # a failed WARN never blocks
+    with pytest.raises(SwapBlocked):
+        wh.swap(table_swap(9), run_id="r1", checks=lambda staged: [_check("guard", False)], blocking={"guard"})
+    assert _state(wh) == before  # rows, side table, ledger and the table list (no staged table left) unchanged
+
+    # a failed check that is not blocking, or a blocking one that passes, lets the swap through
+    results = wh.swap(partition_swap(5), run_id="r2", blocking={"rows_ok"},
+                      checks=lambda staged: [_check("rows_ok", True), _check("guard", False)])
+    assert [r.check_name for r in results] == ["rows_ok", "guard"]
+    wh.swap(table_swap(3), run_id="r2", checks=lambda staged: [_check("guard", True)], blocking={"guard"})
+    tables, rows, side, whole, ledger = _state(wh)
+    assert [r for r in rows if r[1] == "p1"] == [(f"x{i}", "p1", i) for i in range(5)] and ("y0", "p2", 7) in rows
+    assert side == [("p1", 5)] and whole == [(0,), (1,), (2,)]
+    assert sorted((a, p, r, run) for a, p, r, _, _, run, _ in ledger) == [
+        ("stage_t", "p1", "x9", "r2"), ("whole_t", "all", "r0", "r2"), ("whole_t", "all", "r1", "r2"),
+        ("whole_t", "all", "r2", "r2")]
+    assert not [t for t in tables if t.startswith("_staged_")]
+
+
+def test_swap_of_a_killed_run_leaves_the_previous_rows_and_its_staged_tables_are_dropped_next_time(tmp_path):
+    """A process killed (os._exit) while its checks run: its staged tables are committed but never swapped in;
+    the previous rows stay, and the next swap of the same asset and partition drops the leftovers."""
+    import subprocess
+    import sys
+
+    wh, partition_swap, _ = _swap_fixture(tmp_path)
+    wh.swap(partition_swap(2), run_id="r0")
+    before = wh.fetch("SELECT * FROM stage_t ORDER BY ALL")
+    code = (f"import os\nfrom iimed_assets.resources.warehouse import Warehouse, Select, Swap\n"
+            f"wh = Warehouse(path={str(wh.database)!r})\n"
+            "rows = Select('stage_t', \"SELECT 'z' || i AS id, 'p1' AS source, i AS v FROM range(4) t(i)\")\n"
+            "swap = Swap('stage_t', rows, partition='p1')\n"
+            "wh.swap(swap, run_id='killed', checks=lambda staged: os._exit(9), blocking={'x'})\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 9
+    staged = [t for (t,) in wh.fetch("SELECT table_name FROM information_schema.tables") if t.startswith("_staged_")]
+    assert len(staged) == 2 and wh.fetch("SELECT * FROM stage_t ORDER BY ALL") == before
+    wh.swap(partition_swap(3), run_id="r1")
+    left = [t for (t,) in wh.fetch("SELECT table_name FROM information_schema.tables") if t.startswith("_staged_")]
+    assert left == [] and wh.fetch_one("SELECT count(*) FROM staged_swaps")[0] == 0
+    assert wh.fetch_one("SELECT count(*) FROM stage_t")[0] == 3
+
+
+def test_iter_keyset_reads_every_row_once_in_key_order(tmp_path):
+    wh = Warehouse(path=str(tmp_path / "wh.duckdb"))
+    with wh.connect() as con:
+        con.execute("CREATE TABLE t AS SELECT i AS k, 'id' || lpad(i::VARCHAR, 3, '0') AS id, "
+                    "CASE WHEN i % 3 = 0 THEN 'a' ELSE 'b' END AS source FROM range(100) r(i) ORDER BY random()")
+    batches = list(wh.iter_keyset("t", ["id"], "k", batch_rows=7))
+    assert [len(b) for b in batches] == [7] * 14 + [2]
+    assert [r["k"] for b in batches for r in b] == list(range(100))  # the key is always returned
+    part = [r["id"] for b in wh.iter_partition("t", "a", ["id", "source"], batch_rows=5) for r in b]
+    assert part == sorted(f"id{i:03d}" for i in range(0, 100, 3))
+    assert list(wh.iter_keyset("t", ["id"], "k", where="source = ?", params=["zz"])) == []

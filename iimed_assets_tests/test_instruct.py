@@ -188,7 +188,8 @@ def test_carried_responses_are_taken_not_generated(warehouse_path, tmp_path):
     src = tmp_path / "am.jsonl"
     src.write_text("\n".join(json.dumps({"conversations": [
         {"from": "human", "value": f"How is condition {i} treated?"},
-        {"from": "gpt", "value": f"Condition {i} is treated with rest."}]}) for i in range(5)) + "\n")
+        {"from": "gpt", "value": f"<think>Rest helps.</think>Condition {i} is treated with rest."}]})
+        for i in range(5)) + "\n")  # AM-Qwen3's answers carry their reasoning (its field coverage expects it)
     catalog = SourceCatalog(mode="sample", overrides={"am_qwen3_instruction_following": str(src)})
     with LoopbackOpenAI() as gen:
         res = dg.materialize([instruct_prompt_rows], partition_key="am_qwen3_instruction_following", resources={
@@ -198,7 +199,7 @@ def test_carried_responses_are_taken_not_generated(warehouse_path, tmp_path):
                    generator=OpenAICompatibleLLM(base_url=gen.url, model="gen"))
         assert res.success and gen.requests == 0
     con = duckdb.connect(str(warehouse_path))
-    origins = con.execute("SELECT DISTINCT response_origin, messages[len(messages)].content LIKE 'Condition%' "
+    origins = con.execute("SELECT DISTINCT response_origin, messages[len(messages)].content LIKE '%</think>%Condition%' "
                           "FROM instruct_responses").fetchall()
     assert origins == [("carried", True)]
 

@@ -224,3 +224,135 @@ def test_content_hash_id_when_source_has_no_id():
     b = normalize_record({"q": "x", "a": "y"}, fm, source="s", section="r1_traces")
     c = normalize_record({"q": "x", "a": "z"}, fm, source="s", section="r1_traces")
     assert a["id"] == b["id"] != c["id"]
+
+
+# --- hub record shapes: options as text, keyed options, composite ids, regex scopes -------------------------
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("Answer Choices:\nA. Yes\nB. No", {"A": "Yes", "B": "No"}),  # MedReason
+        ("A. x\nB. y\nC. z", {"A": "x", "B": "y", "C": "z"}),
+        ('{"option1": "a", "option2": "b", "option3": "", "option4": "n/a"}', {"A": "a", "B": "b"}),  # AfriMed-QA
+        ({"option1": "a", "option3": "c"}, {"A": "a", "C": "c"}),  # a key names its letter, gaps included
+        ([{"key": "A", "value": "x"}, {"key": "B", "value": "y"}], {"A": "x", "B": "y"}),  # bigbio med_qa source
+    ],
+)
+def test_parse_options_hub_shapes(value, expected):
+    assert parse_options(value) == expected
+
+
+def test_options_string_without_options_is_rejected():
+    with pytest.raises(RowRejected):
+        parse_options("no options in here")
+
+
+def test_options_from_text_trailing_letter_lines():
+    text = "Aspirin lowered event rates.\nDoes aspirin prevent events?\nA. yes\nB. maybe\nC. no"
+    assert options_from_text(text) == ("Aspirin lowered event rates.\nDoes aspirin prevent events?",
+                                       {"A": "yes", "B": "maybe", "C": "no"})
+    assert options_from_text("Stem\nA. x\nC. y") == ("Stem\nA. x\nC. y", None)  # not A, B, ...
+
+
+@pytest.mark.parametrize("value, options, expected", [
+    ("option2", {"A": "a", "B": "b"}, "B"), ("option1,option3", {"A": "a", "B": "b", "C": "c"}, "A,C")])
+def test_gold_option_key(value, options, expected):
+    assert gold_to_letter(value, "option_key", options) == expected
+
+
+def test_gold_option_key_naming_no_option_is_rejected():
+    with pytest.raises(RowRejected) as err:
+        gold_to_letter("option5", "option_key", {"A": "a", "B": "b"})
+    assert err.value.reason == "bad_gold_answer"
+
+
+def test_empty_text_gold_is_no_gold():
+    assert gold_to_letter("  ", "text", None) is None
+
+
+def test_composite_native_id_and_regex_scope():
+    import re
+
+    fm = FieldMap(id=("set", "idx"), prompt="q", where=(("task", re.compile(r"medic|biolog", re.I)),))
+    a = normalize_record({"set": "medqa", "idx": 7, "q": "x", "task": "Medicine"}, fm, source="s", section="qa_seed")
+    b = normalize_record({"set": "medmcqa", "idx": 7, "q": "x", "task": "Human Biology"}, fm, source="s",
+                         section="qa_seed")
+    assert a["id"] == make_row_id("s", "medqa/7") != b["id"]
+    with pytest.raises(RowRejected) as err:
+        normalize_record({"set": "x", "idx": 1, "q": "x", "task": "Engineering"}, fm, source="s", section="qa_seed")
+    assert err.value.reason == "out_of_scope" and "Engineering" in err.value.detail
+
+
+def test_conversation_assistant_turn_takes_the_contract_form():
+    rec = {"m": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "2 and 2 make 4.</think>4"}]}
+    row = normalize_record(rec, FieldMap(conversation="m"), source="s", section="r1_traces")
+    assert row["messages"][-1]["content"] == "<think>\n2 and 2 make 4.\n</think>\n\n4"
+
+
+# --- record adapters ----------------------------------------------------------------------------------
+
+from iimed_assets.core.adapters import am_messages, apollo_qa_pairs, liveqa_trec2017, medreason_record  # noqa: E402
+from iimed_assets.core.coverage import FieldCoverage, fields_present  # noqa: E402
+
+
+def test_apollo_pairs_keep_their_dialogue_and_ledger_an_unpaired_question():
+    out = apollo_qa_pairs(["q1", "a1", "q2", "a2", "q3"])
+    assert [o["messages"][-1]["content"] for o in out[:2]] == ["q1", "q2"]
+    assert [m["role"] for m in out[1]["messages"]] == ["user", "assistant", "user"]
+    assert [o["answer"] for o in out[:2]] == ["a1", "a2"] and out[0]["pair_id"] != out[1]["pair_id"]
+    assert isinstance(out[2], RowRejected) and out[2].reason == "unpaired_question"
+    for bad, reason in (([], "missing_prompt"), (["q", 3], "wrong_type"), ({"q": "a"}, "wrong_type")):
+        with pytest.raises(RowRejected) as err:
+            apollo_qa_pairs(bad)
+        assert err.value.reason == reason
+
+
+def test_am_messages_strip_answer_tags_with_or_without_info():
+    with_info = {"messages": [{"role": "user", "content": "Q", "info": {"source": "s", "reference_answer": "R"}},
+                              {"role": "assistant", "content": "<think>t</think>\n<answer>A</answer>",
+                               "info": {"think_content": "t", "answer_content": "A"}}]}
+    without = {"conversations": [{"from": "human", "value": "Q", "info": {"category": "if"}},
+                                 {"from": "assistant", "value": "<think>\nt\n</think>\n<answer>A</answer>"}],
+               "system": "distillation prompt, not used in training"}
+    (a,), (b,) = am_messages(with_info), am_messages(without)
+    assert a["messages"] == b["messages"] == [{"role": "user", "content": "Q"},
+                                              {"role": "assistant", "content": "<think>\nt\n</think>\n\nA"}]
+    assert (a["source"], a["reference_answer"], b["category"]) == ("s", "R", "if")
+
+
+@pytest.mark.parametrize("name, answer, options, gold", [
+    ("medmcqa", "CML. Explanation: Ans is 'b'", "Answer Choices:\nA. Leukemoid\nB. CML", "B"),
+    ("pubmedqa_artificial", "The final decision is: maybe. Unclear.", "Answer Choices:\nA. Yes\nB. No", "maybe"),
+    ("MedXpertQA", "(B) Weber", "Answer Choices:\nA. Lateral\nB. Weber", "B"),
+    ("huatuo", "Needle decompression.", "", "Needle decompression."),
+])
+def test_medreason_answers(name, answer, options, gold):
+    (rec,) = medreason_record({"dataset_name": name, "id_in_dataset": 1, "question": "q", "answer": answer,
+                               "options": options})
+    assert rec["answer"] == gold and rec["answer_text"] == answer
+
+
+def test_liveqa_question_falls_back_to_the_nlm_summary():
+    (rec,) = liveqa_trec2017({"QUESTION_ID": "TQ9", "NIST_PARAPHRASE": " ", "NLM_SUMMARY": "Summary?",
+                              "ORIGINAL_QUESTION_MESSAGE": "orig", "REFERENCE_ANSWERS": [{"ANSWER": "ans"}]})
+    assert (rec["question"], rec["answer"], rec["original_question"]) == ("Summary?", "ans", "orig")
+
+
+def test_field_coverage_counts_the_rows_own_response():
+    dialogue = {"id": "1", "prompt": "q2", "gold_answer": "a2", "options": None, "meta": None,
+                "messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                             {"role": "user", "content": "q2"}]}
+    trace = {"id": "2", "prompt": "q", "gold_answer": None, "options": [("A", "x")], "meta": '{"context": "c"}',
+             "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nr\n</think>\n\na"}]}
+    cut = dict(trace, id="3", messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "<think>\nr"}])
+    assert fields_present(dialogue) == {"reasoning": False, "response": False, "options": False, "gold": True,
+                                        "context": False}
+    assert fields_present(trace) == {"reasoning": True, "response": True, "options": True, "gold": False,
+                                     "context": True}
+    assert fields_present(cut)["response"] is False
+    cov = FieldCoverage()
+    for row in (dialogue, trace, cut):
+        cov.add(row)
+    assert cov.shares()["reasoning"] == round(2 / 3, 4)
+    assert cov.shortfalls({"reasoning": 0.9, "gold": 0.3}) == [("reasoning", round(2 / 3, 4), 0.9)]
+    assert cov.missing_examples["reasoning"][0][0] == "1"

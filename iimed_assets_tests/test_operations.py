@@ -28,12 +28,15 @@ class Receiver:
     def __init__(self) -> None:
         self.bodies: list[dict] = []
         self.refuse = 0  # answer HTTP 500 to this many requests first
+        self.accept_first = 0  # ... after accepting this many
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.refuse > 0:
+                if receiver.accept_first > 0:
+                    receiver.accept_first -= 1
+                elif receiver.refuse > 0:
                     receiver.refuse -= 1
                     self.send_response(500)
                     self.end_headers()
@@ -142,6 +145,30 @@ def test_undelivered_alert_is_retried_not_lost(warehouse_path, monkeypatch, tmp_
         assert ticker.tick().startswith("1 alerts posted")
         assert len(receiver.bodies) == 1 and "(WARN)" in receiver.bodies[0]["text"]
         assert ticker.tick().startswith("0 alerts posted")
+
+
+def test_alerts_of_one_run_cut_by_an_outage_are_resumed_not_repeated(warehouse_path, monkeypatch, tmp_path):
+    """A run with two alerts (its blocking ERROR check, then the run failure): the webhook takes the first and
+    refuses the second; the next tick sends only the second."""
+    with Receiver() as receiver, _instance(tmp_path) as instance:
+        monkeypatch.setenv(ENV_WEBHOOK_URL, receiver.url)
+        ticker = Ticker(instance)
+        ticker.tick()
+        failed = _materialize(instance, SourceCatalog(row_bounds={PARTITION: [10**9, 10**10]}))
+        assert not failed.success
+        receiver.accept_first, receiver.refuse = 1, 1
+        assert "waiting to deliver run:" in ticker.tick()
+        assert len(receiver.bodies) == 1 and "Check failed" in receiver.bodies[0]["text"]
+        assert ticker.tick().startswith("1 alerts posted")
+        assert len(receiver.bodies) == 2 and "Run failed" in receiver.bodies[1]["text"]
+        assert ticker.tick().startswith("0 alerts posted")
+
+
+def test_sensor_uses_public_dagster_apis_only():
+    """`instance.get_event_records` is deprecated in 1.13 and dagster._core is private: the sensor reads the
+    event log through fetch_run_status_changes and get_records_for_run only."""
+    source = (REPO / "iimed_assets" / "sensors.py").read_text()
+    assert "dagster._" not in source and "get_event_records" not in source and "event_log_storage" not in source
 
 
 def test_without_webhook_failures_are_logged_and_cursor_moves(warehouse_path, monkeypatch, tmp_path):

@@ -339,8 +339,11 @@ def test_free_form_answers_are_judged_against_the_reference(warehouse_path, stra
 
 def test_seed_without_any_reference_is_ledgered_not_sampled(warehouse_path, tmp_path):
     src = tmp_path / "medreason.jsonl"
-    src.write_text('{"question": "What causes fever?", "answer": "infection"}\n{"question": "No reference here?"}\n')
-    catalog = SourceCatalog(mode="sample", overrides={"medreason": str(src)})
+    src.write_text('{"dataset_name": "huatuo", "id_in_dataset": 1, "question": "What causes fever?", '
+                   '"answer": "infection", "options": ""}\n{"dataset_name": "huatuo", "id_in_dataset": 2, '
+                   '"question": "No reference here?", "answer": "", "options": ""}\n')  # MedReason's hub layout
+    # One of the two seeds lacks a reference on purpose: lower MedReason's declared gold coverage (95%).
+    catalog = SourceCatalog(mode="sample", overrides={"medreason": str(src)}, field_expects={"medreason": {}})
     assert dg.materialize([qa_seed_rows], partition_key="medreason", resources={
         "warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog}).success
     with LoopbackOpenAI(script=_free_form_generator) as gen:

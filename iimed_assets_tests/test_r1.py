@@ -11,7 +11,7 @@ import pytest
 from iimed_assets.core import clustering, domains
 from iimed_assets.core.domains import UNKNOWN, classification_messages, majority_vote, parse_domain
 
-from .conftest import SHARED_DATA
+from iimed_assets.sources.loaders import SAMPLE_DIR
 
 
 # ---- the answer parser and the vote ------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def _questions(path, n):
 def test_real_minilm_embeddings_unit_norm_and_bf16_matches_fp32():
     from iimed_assets.resources.embedder import Embedder
 
-    texts = _questions(SHARED_DATA / "mmlu_all" / "test_other.jsonl", 24) + ["", "a"]
+    texts = _questions(SAMPLE_DIR / "mmlu_all" / "test_other.jsonl", 24) + ["", "a"]  # bundled (first 120 rows)
     fast = Embedder().encode(texts)
     exact = Embedder(precision="fp32").encode(texts)
     assert fast.shape == (26, 384) and fast.dtype == np.float32
@@ -360,7 +360,8 @@ def test_mixed_clusters_get_per_prompt_labels_within_the_budget(warehouse_path, 
     md = results["r1_cluster_domains"].asset_materializations_for_node("r1_cluster_domains")[0].metadata
     labelled = warehouse.fetch_one("SELECT count(*) FROM r1_prompt_domains")[0]
     if budget:
-        # budget 10 = up to 100k extra calls for 100 rows in k≈2-3 clusters: every mixed cluster fits
+        # budget 10 = 10 extra calls per voter call: k = round(100 / 40) = 2 clusters, up to 20 voter calls, so up
+        # to 200 extra calls for 100 rows: every mixed cluster fits
         assert per_prompt == mixed and labelled == per_prompt_rows and md["mixed_clusters_over_budget"].value == 0
         assert calls == 10 * k + md["per_prompt_calls"].value == 10 * k + per_prompt_rows - 10 * per_prompt
     else:

@@ -7,14 +7,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import dagster as dg
 
 import pyarrow as pa
 
+from iimed_assets.core.markdown import markdown_table  # noqa: F401  (re-exported for the assets)
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_COLUMN_DESCRIPTIONS, SAMPLE_COLUMNS_DDL, check_identifier
-from iimed_assets.resources.warehouse import LEDGER_TABLE, Warehouse
+from iimed_assets.resources.warehouse import LEDGER_TABLE, Staged, Swap, SwapBlocked, Warehouse
 from iimed_assets.sources.ingest import BatchWriter
 
 # Concurrency pool of the GPU-bound assets (local vLLM generation/judging, embeddings, K-means). The
@@ -46,29 +47,34 @@ def staged_partition(warehouse: Warehouse, asset: str, partition: str, row_schem
             stage.close()
 
 
+def swap_checked(context: dg.AssetExecutionContext, warehouse: Warehouse, change: Swap,
+                 checks: Callable[[Staged], Sequence[dg.AssetCheckResult]] | None = None) -> list[dg.AssetCheckResult]:
+    """`warehouse.swap` with the asset's checks evaluated on the staged rows, before anything is swapped.
+
+    Returns the check results for the MaterializeResult. When a blocking check fails (severity ERROR), every
+    result is logged as a check evaluation (the UI and the alert sensor show them), the step fails, and the
+    previous rows and ledger stay exactly as they were: no materialization is recorded."""
+    blocking = {spec.name for spec in context.assets_def.check_specs if spec.blocking}
+    try:
+        return warehouse.swap(change, run_id=context.run.run_id, checks=checks, blocking=blocking)
+    except SwapBlocked as blocked:
+        partition = context.partition_key if context.has_partition_key else None
+        for r in blocked.results:
+            context.log_event(dg.AssetCheckEvaluation(
+                asset_key=context.asset_key, check_name=r.check_name, passed=r.passed, metadata=r.metadata,
+                severity=r.severity, description=r.description, blocking=r.check_name in blocking,
+                partition=partition))
+        raise dg.Failure(description=str(blocked), metadata={
+            "failed_checks": dg.MetadataValue.json([r.check_name for r in blocked.failed]),
+            "swapped": False}) from None
+
+
 def sample_column_schema(extra: Mapping[str, tuple[str, str]] | None = None) -> dg.TableSchema:
     cols = [dg.TableColumn(name, type_.replace(" NOT NULL", ""), description=SAMPLE_COLUMN_DESCRIPTIONS.get(name))
             for name, type_ in SAMPLE_COLUMNS_DDL]
     for name, (type_, desc) in (extra or {}).items():
         cols.append(dg.TableColumn(name, type_, description=desc))
     return dg.TableSchema(columns=cols)
-
-
-def _md_cell(value: Any, width: int = 140) -> str:
-    text = "" if value is None else str(value)
-    text = " ".join(text.split())
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return text.replace("|", "\\|")
-
-
-def markdown_table(headers: list[str], rows: list[tuple], width: int = 140) -> str:
-    if not rows:
-        return "_(no rows)_"
-    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in rows:
-        out.append("| " + " | ".join(_md_cell(v, width) for v in row) + " |")
-    return "\n".join(out)
 
 
 def ledger_markdown(counts: Mapping[str, int], total_in: int) -> str:
@@ -78,9 +84,11 @@ def ledger_markdown(counts: Mapping[str, int], total_in: int) -> str:
     return markdown_table(["reason", "rows", "share of input"], rows)
 
 
-def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, asset: str) -> dict[str, Any]:
-    """Counts, shares and a preview of one source partition, read in one connection."""
-    table = check_identifier(table)
+def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, asset: str,
+                           ledger_table: str = LEDGER_TABLE) -> dict[str, Any]:
+    """Counts, shares and a preview of one source partition, read in one connection. Before a swap, pass the
+    staged tables (`staged.table`, `ledger_table=staged.ledger`) to check the rows about to be swapped in."""
+    table, ledger_table = check_identifier(table), check_identifier(ledger_table)
     with warehouse.connect() as con:
         rows, empty, with_think, with_options, with_gold = con.execute(
             f"""SELECT count(*),
@@ -98,10 +106,10 @@ def sample_partition_stats(warehouse: Warehouse, table: str, partition: str, ass
                        messages[len(messages)].content AS last_turn
                 FROM {table} WHERE source = ? ORDER BY id LIMIT 5""", [partition]).fetchall()
         ledger = dict(con.execute(
-            f"SELECT reason, count(*) FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
+            f"SELECT reason, count(*) FROM {ledger_table} WHERE asset = ? AND partition = ? "
             "GROUP BY 1 ORDER BY 2 DESC, 1", [asset, partition]).fetchall())
         ledger_examples = con.execute(
-            f"SELECT reason, row_id, detail FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ? "
+            f"SELECT reason, row_id, detail FROM {ledger_table} WHERE asset = ? AND partition = ? "
             "ORDER BY reason, row_id LIMIT 8", [asset, partition]).fetchall()
     return {"rows": rows, "empty_prompts": empty, "with_think": with_think, "with_options": with_options,
             "with_gold": with_gold, "languages": languages, "preview": preview, "ledger": ledger,

@@ -82,13 +82,10 @@ class InstructJudgedConfig(dg.Config):
 
 
 def _prompt_turns(messages: list[dict]) -> list[dict]:
-    """The request: every turn up to (not including) the first assistant turn."""
-    turns = []
-    for m in messages:
-        if m["role"] == "assistant":
-            break
-        turns.append({"role": m["role"], "content": m["content"]})
-    return turns
+    """The request: every turn up to and including the last user turn (a follow-up question keeps the dialogue
+    before it, e.g. an ApolloCorpus pair; a carried answer after it is left out)."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    return [{"role": m["role"], "content": m["content"]} for m in messages[: last_user + 1]]
 
 
 # ---- instruct_responses -----------------------------------------------------------------------------------

@@ -118,6 +118,7 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
             "device": device,
             "precision": precision,
             "batch_size": batch,
+            "tokenize_workers": embedder.resolved_tokenize_workers(),
             "dimension": dim,
             "embed_seconds": round(seconds, 2),
             "prompts_per_s": round(rate, 1),
@@ -150,13 +151,15 @@ class ClusterConfig(dg.Config):
     refine: int = Field(default=clustering.REFINE, description="two-level: global Lloyd iterations after the "
                                                                "per-group fits")
     seed: int = 0
+    backend: str = Field(default="auto", description="auto | faiss | torch. auto: faiss-gpu when installed, else flat "
+                                                     "K-means in torch on CUDA at the full K, else faiss on the CPU")
     compare_subset: int = Field(default=20_000, description="when two-level runs, also fit flat K-means on this many "
                                                             "rows (same K per row) and report both objectives; 0: skip")
 
 
 @dg.asset(
     group_name="r1",
-    kinds={"duckdb", "faiss"},
+    kinds={"duckdb", "faiss", "torch"},
     deps=["r1_prompt_embeddings"],
     pool=GPU_POOL,
     check_specs=[dg.AssetCheckSpec(EVERY_ROW_CLUSTERED, asset="r1_clusters", blocking=True,
@@ -173,16 +176,16 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
     dim = arrow.schema.field("embedding").type.list_size if n else 384
     x = _vectors(arrow.column("embedding"), dim) if n else np.zeros((0, dim), np.float32)
     k = clustering.choose_k(n, config.k, config.prompts_per_cluster)
-    method = clustering.choose_method(n, k, config.method) if n else "none"
-    gpu = clustering.gpu_available()
+    backend = clustering.select_backend(config.backend)
+    method = ("flat" if backend.kind == "torch" else clustering.choose_method(n, k, config.method)) if n else "none"
     context.log.info(f"r1_clusters: {n:,} prompts, K={k:,} ({'configured' if config.k else f'~{config.prompts_per_cluster}/cluster'}), "
-                     f"{method} k-means on {'GPU' if gpu else 'CPU'}")
-    result = clustering.kmeans(x, k, method=config.method, niter=config.niter, seed=config.seed, gpu=gpu,
+                     f"{method} k-means on {backend.name}")
+    result = clustering.kmeans(x, k, method=config.method, niter=config.niter, seed=config.seed, backend=backend,
                                nprobe=config.nprobe, refine=config.refine, fine_niter=config.fine_niter,
                                log=context.log.info)
     comparison = {}
     if result.method == "two_level" and config.compare_subset:
-        comparison = _compare_with_flat(x, result, config, gpu)
+        comparison = _compare_with_flat(x, result, config, backend)
         context.log.info(f"r1_clusters: two-level vs flat on a {comparison['rows']:,}-row subset: {comparison}")
     sizes = result.sizes() if n else np.zeros(0, np.int64)
     with tempfile.TemporaryDirectory(prefix="r1_clusters-", dir=warehouse.staging_dir) as tmp:
@@ -205,6 +208,7 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
     params = {"k": result.k, "k_rule": f"configured {config.k}" if config.k else
               f"round(n / {config.prompts_per_cluster})", "method": result.method, "niter": config.niter,
               "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID,
+              "backend": backend.name,
               **({"fine_niter": config.fine_niter, "nprobe": config.nprobe, "refine": config.refine}
                  if result.method == "two_level" else {})}
     warehouse.record_stage("r1_clusters", context.run.run_id, params,
@@ -225,7 +229,8 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
             "k": result.k,
             "k_rule": params["k_rule"],
             "method": result.method,
-            "device": "GPU" if gpu else "CPU",
+            "backend": backend.name,
+            **({"score_dtype": result.details["score_dtype"]} if "score_dtype" in result.details else {}),
             "objective_mean_sq_distance": round(result.objective, 6),
             "train_points": result.train_points,
             "seconds": round(result.seconds, 2),
@@ -256,14 +261,15 @@ def _size_buckets(sizes: np.ndarray) -> dict[str, int]:
     return {label: int(c) for label, c in zip(labels, counts) if c}
 
 
-def _compare_with_flat(x: np.ndarray, result: clustering.KMeansResult, config: ClusterConfig, gpu: bool) -> dict:
+def _compare_with_flat(x: np.ndarray, result: clustering.KMeansResult, config: ClusterConfig,
+                      backend: clustering.KMeansBackend) -> dict:
     """Flat vs two-level K-means on a random subset, with K scaled to keep the same rows per cluster."""
     rng = np.random.default_rng(config.seed)
     m = min(len(x), config.compare_subset)
     subset = x[np.sort(rng.choice(len(x), size=m, replace=False))]
     k_sub = max(1, round(result.k * m / len(x)))
-    flat = clustering.kmeans(subset, k_sub, method="flat", niter=config.niter, seed=config.seed, gpu=gpu)
-    two = clustering.kmeans(subset, k_sub, method="two_level", niter=config.niter, seed=config.seed, gpu=gpu,
+    flat = clustering.kmeans(subset, k_sub, method="flat", niter=config.niter, seed=config.seed, backend=backend)
+    two = clustering.kmeans(subset, k_sub, method="two_level", niter=config.niter, seed=config.seed, backend=backend,
                             nprobe=config.nprobe, refine=config.refine, fine_niter=config.fine_niter)
     return {"rows": m, "k": k_sub, "flat_objective": round(flat.objective, 6),
             "two_level_objective": round(two.objective, 6),

@@ -1,7 +1,8 @@
 """Source assets: every registry source, normalised into the sample row, one partition per source.
 
-Each asset reads its partition's source (bundled sample, hub or local mirror), stages accepted rows
-and ledger rows as Parquet outside the warehouse, then swaps them in with one transaction.
+Each asset reads its partition's source (bundled sample, hub, hub mirror or local file), stages accepted
+rows and ledger rows as Parquet outside the warehouse, measures field coverage and duplicate ids on the
+staged rows, then swaps them in with one transaction.
 """
 
 
@@ -17,8 +18,8 @@ from iimed_assets.assets.common import Progress, ledger_markdown, markdown_table
 from iimed_assets.partitions import PARTITIONS_BY_SECTION
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.warehouse import Warehouse
-from iimed_assets.sources.ingest import ingest
-from iimed_assets.sources.registry import get_source
+from iimed_assets.sources.ingest import IngestResult, ingest, staged_duplicates
+from iimed_assets.sources.registry import SourceSpec, get_source
 
 
 def materialize_source_partition(
@@ -27,6 +28,7 @@ def materialize_source_partition(
     name = context.partition_key
     spec = get_source(name)
     origin = catalog.origin(name)
+    expects = catalog.expectations(spec)
     context.log.info(f"{asset}[{name}]: reading {spec.title} from {origin}")
     with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=warehouse.staging_dir) as tmp:
         result = ingest(
@@ -34,48 +36,84 @@ def materialize_source_partition(
             batch_rows=catalog.batch_rows, max_rows=catalog.resolved_max_rows(),
             progress=Progress(context.log.info, f"{asset}[{name}]"), progress_every=10_000,
         )
-        context.log.info(f"{asset}[{name}]: read {result.rows_read:,} rows in {result.seconds:.1f}s "
-                         f"({result.rows_per_s:,.0f} rows/s); swapping into the warehouse")
+        # Measured on the staged rows, before the swap. The swap does not wait for them yet: a failing blocking
+        # check stops everything downstream, and the partition keeps the new rows. Once the warehouse evaluates
+        # blocking checks before it commits (issue 21), these results are what it needs.
+        duplicates, most_repeated = staged_duplicates(result.rows_path)
+        coverage = result.coverage.shares()
+        context.log.info(f"{asset}[{name}]: read {result.rows_read:,} items -> {result.rows_in:,} rows in "
+                         f"{result.seconds:.1f}s ({result.rows_per_s:,.0f} items/s); coverage {coverage}; "
+                         "swapping into the warehouse")
         warehouse.replace_source_partition(table=asset, asset=asset, partition=name, rows_path=result.rows_path,
                                            ledger_path=result.ledger_path, run_id=context.run.run_id)
 
     stats = sample_partition_stats(warehouse, asset, name, asset)
+    # What an entry's filter left out, by value (e.g. GeneralThought's `task`s): the list to review the filter by.
+    out_of_scope = warehouse.fetch(
+        "SELECT detail, count(*) FROM row_ledger WHERE asset = ? AND partition = ? AND reason = 'out_of_scope' "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20", [asset, name])
     ledger_rows = sum(stats["ledger"].values())
     lo, hi = catalog.bounds(spec)
     rows = stats["rows"]
-    share = (lambda n: round(n / rows, 4) if rows else 0.0)
-    metadata = {
-        "dagster/row_count": rows,
+    context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
+                     f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
+    return dg.MaterializeResult(
+        metadata=_partition_metadata(spec, origin, result, stats, coverage, expects, duplicates, out_of_scope),
+        check_results=[
+            # rows_in counts outcomes: one per native item, plus the extra rows of multi-sample items (Apollo).
+            checks.rows_conserved(result.rows_in, rows, ledger_rows),
+            checks.row_count_in_bounds(rows, lo, hi),
+            checks.no_empty_prompts(stats["empty_prompts"], rows),
+            checks.field_coverage(coverage, expects, result.coverage.rows, result.coverage.missing_examples),
+            checks.duplicate_ids_within_bound(duplicates, result.rows_staged, spec.max_duplicate_share, most_repeated),
+        ],
+    )
+
+
+def _partition_metadata(spec: SourceSpec, origin: str, result: IngestResult, stats: dict, coverage: dict[str, float],
+                        expects: dict[str, float], duplicates: int, out_of_scope: list[tuple]) -> dict:
+    return {
+        "dagster/row_count": stats["rows"],
         "dagster/column_schema": sample_column_schema(),
-        "source": dg.MetadataValue.md(
-            f"**{spec.title}** — section `{spec.section}`\n\n"
-            f"- hub: `{spec.hf_id or 'none (local file only)'}` config `{spec.config}` split `{spec.split}`\n"
-            f"- licence: {spec.licence}\n- read from: `{origin}`\n"
-            + (f"- offline sample: {spec.sample_note}\n" if spec.sample_note else "")
-            + (f"- note: {spec.notes}\n" if spec.notes else "")),
-        "rows_read": result.rows_read,
-        "rows_rejected": ledger_rows,
-        "rejected_by_reason": dg.MetadataValue.md(ledger_markdown(stats["ledger"], result.rows_read)),
+        "source": dg.MetadataValue.md(_source_markdown(spec, origin)),
+        "rows_read": result.rows_read,  # native items (records, lines, Apollo lists)
+        "rows_from_expansion": result.rows_from_expansion,
+        "rows_in": result.rows_in,
+        "rows_rejected": sum(stats["ledger"].values()),
+        "rejected_by_reason": dg.MetadataValue.md(ledger_markdown(stats["ledger"], result.rows_in)),
         **{f"rejected/{reason}": n for reason, n in stats["ledger"].items()},
         "ledger_examples": dg.MetadataValue.md(markdown_table(["reason", "row", "detail"], stats["ledger_examples"])),
-        "share_with_reasoning": share(stats["with_think"]),
-        "share_with_options": share(stats["with_options"]),
-        "share_with_gold_answer": share(stats["with_gold"]),
+        "field_coverage": dg.MetadataValue.md(_coverage_markdown(coverage, expects)),
+        "out_of_scope_values": dg.MetadataValue.md(markdown_table(["value", "rows"], out_of_scope)),
+        **{f"share_with_{f}": v for f, v in coverage.items()},
+        "duplicate_id_share": round(duplicates / result.rows_staged, 4) if result.rows_staged else 0.0,
         "languages": dg.MetadataValue.json(stats["languages"]),
         "read_rows_per_s": round(result.rows_per_s, 1),
         "read_seconds": round(result.seconds, 2),
         "preview": dg.MetadataValue.md(markdown_table(["id", "prompt", "gold", "turns", "last turn"], stats["preview"])),
     }
-    context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
-                     f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
-    return dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[
-            checks.rows_conserved(result.rows_read, rows, ledger_rows),
-            checks.row_count_in_bounds(rows, lo, hi),
-            checks.no_empty_prompts(stats["empty_prompts"], rows),
-        ],
-    )
+
+
+def _source_markdown(spec: SourceSpec, origin: str) -> str:
+    where = (f"files `{', '.join(spec.files)}`" if spec.files else
+             f"config `{spec.config}` split `{spec.split}`" + (f" data_files `{spec.data_files}`" if spec.data_files
+                                                               else ""))
+    size = f"{spec.expected_rows:,} ({spec.expected_rows_basis})" if spec.expected_rows else spec.expected_rows_basis
+    return (f"**{spec.title}** — section `{spec.section}`\n\n"
+            f"- hub: `{spec.hf_id or 'none (local file only)'}` {where}"
+            + (f", adapter `{spec.adapter}`" if spec.adapter else "") + "\n"
+            f"- licence: {spec.licence}\n- read from: `{origin}`\n- expected size: {size}\n"
+            + (f"- the card used: {spec.published_rows:,}\n" if spec.published_rows else "")
+            + f"- schema evidence: {spec.evidence}\n"
+            + (f"- offline sample: {spec.sample_note}\n" if spec.sample_note else "")
+            + (f"- note: {spec.notes}\n" if spec.notes else ""))
+
+
+def _coverage_markdown(shares: dict[str, float], expects: dict[str, float]) -> str:
+    rows = [(f, f"{v:.1%}", f"{expects[f]:.0%}" if f in expects else "-",
+             ("ok" if v >= expects[f] else "**below**") if f in expects else "")
+            for f, v in shares.items()]
+    return markdown_table(["field", "share of rows", "declared minimum", ""], rows)
 
 
 def build_source_asset(name: str, section: str, description: str) -> dg.AssetsDefinition:

@@ -13,6 +13,12 @@ O(n_train · K · d) per iteration (measured here: ~163 s per iteration on 2 CPU
    `refine` global Lloyd iterations (centroids = means of their rows, then reassign) repair the seams that
    the per-group fits leave at group borders.
 
+On a CUDA machine without faiss-gpu, K-means runs flat at the full K in torch (`torch_flat`): Lloyd iterations with
+low-precision batched scores, exact fp32 distances for the final assignment (1M × 50,000 is seconds on one GPU, so
+two-level is not needed there). The same code runs on the CPU (`backend="torch", device="cpu"`), which is how the
+tests check it against faiss. `select_backend` picks: faiss-gpu when installed, else torch on CUDA, else faiss
+on the CPU.
+
 Vectors are L2-normalised embeddings; distances are squared L2 (= 2 - 2·cosine), smaller is nearer."""
 
 from __future__ import annotations
@@ -78,10 +84,50 @@ def _faiss():
 
 
 def gpu_available() -> bool:
+    """faiss with GPU support and a GPU (faiss-gpu); False without faiss or with a CPU-only build."""
     try:
         return _faiss().get_num_gpus() > 0
-    except AttributeError:  # faiss-cpu builds have no GPU functions
+    except (ImportError, AttributeError):  # no faiss, or faiss-cpu (no GPU functions)
         return False
+
+
+BACKENDS = ("auto", "faiss", "torch")
+
+
+@dataclass(frozen=True)
+class KMeansBackend:
+    """What computes K-means: `faiss` (GPU when faiss-gpu and a GPU are there) or `torch` on `device`."""
+
+    kind: str  # faiss | torch
+    device: str  # cpu | cuda | cuda:N
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{'gpu' if self.device.startswith('cuda') else 'cpu'}"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return False
+    return torch.cuda.is_available()
+
+
+def select_backend(backend: str = "auto", device: str | None = None) -> KMeansBackend:
+    """auto: faiss-gpu when installed and a GPU is there; else torch on CUDA when CUDA is there; else faiss on
+    the CPU. `torch` runs on `device` (default: cuda when available, else cpu)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"k-means backend {backend!r} is not one of {BACKENDS}")
+    if backend == "faiss" or (backend == "auto" and gpu_available()):
+        return KMeansBackend("faiss", "cuda" if gpu_available() else "cpu")
+    if backend == "torch":
+        return KMeansBackend("torch", device or ("cuda" if _cuda_available() else "cpu"))
+    return KMeansBackend("torch", device or "cuda") if _cuda_available() else KMeansBackend("faiss", "cpu")
 
 
 def _sample(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,9 +152,11 @@ def assign(x: np.ndarray, centroids: np.ndarray, *, gpu: bool = False) -> tuple[
 
 def kmeans(x: np.ndarray, k: int, *, method: str = "auto", niter: int = 20, seed: int = 0,
            gpu: bool | None = None, nprobe: int = NPROBE, refine: int = REFINE, fine_niter: int = FINE_NITER,
-           log=None) -> KMeansResult:
+           backend: str | KMeansBackend = "faiss", device: str | None = None, log=None) -> KMeansResult:
     """Cluster the rows of x into k clusters and assign every row. Deterministic for a given seed.
 
+    `backend`: faiss (`gpu` says whether faiss-gpu is used; default: when available), torch (flat only, on
+    `device`: default cuda when available), auto (`select_backend`), or a `KMeansBackend`. With torch, `method` auto means flat.
     `niter` is for flat K-means and the coarse level. Two-level only: `fine_niter` Lloyd iterations inside each
     coarse group; `nprobe` coarse groups searched per row when assigning; `refine` global Lloyd iterations
     (centroid = mean of its rows, then multi-probe reassignment) after the per-group fits."""
@@ -118,7 +166,13 @@ def kmeans(x: np.ndarray, k: int, *, method: str = "auto", niter: int = 20, seed
         return KMeansResult(np.zeros((0, x.shape[1] if x.ndim == 2 else 0), np.float32), np.zeros(0, np.int64),
                             np.zeros(0, np.float32), "none", 0, 0.0, 0)
     k = min(k, n)
-    gpu = gpu_available() if gpu is None else gpu
+    chosen = backend if isinstance(backend, KMeansBackend) else select_backend(backend, device)
+    if chosen.kind == "torch":
+        if method not in ("auto", "flat"):
+            raise ValueError(f"the torch k-means backend is flat only (method {method!r}); use backend='faiss'")
+        return torch_flat(x, k, niter=niter, seed=seed, device=chosen.device, log=log)
+    gpu = (chosen.gpu if isinstance(backend, KMeansBackend) or backend == "auto" else gpu_available()) \
+        if gpu is None else gpu
     method = choose_method(n, k, method)
     rng = np.random.default_rng(seed)
     if method == "flat":
@@ -374,3 +428,144 @@ def _allocate(group_sizes: np.ndarray, k: int) -> np.ndarray:
     while alloc.sum() > k:  # more non-empty groups than k: trim the largest allocations
         alloc[np.argmax(alloc)] -= 1
     return alloc
+
+
+# ---- flat K-means in torch (CUDA without faiss-gpu; the same code on the CPU) ---------------------------------
+
+SCORE_BYTES_CUDA = 1 << 30  # low-precision score block per batch of rows (rows × K)
+SCORE_BYTES_CPU = 64 << 20
+FINAL_CANDIDATES = 4  # final assignment: exact fp32 distance to the best few centroids by low-precision score
+
+
+def _low_dtype(torch, device: str):
+    if device.startswith("cuda"):
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+class _TorchScorer:
+    """Batched nearest-centroid scores in low precision on one device.
+
+    Rows are stored once as [x, 1, 0…] and centroids as [c, -||c||²/2, 0…] (width padded to a multiple of 8 for the
+    tensor cores), so one GEMM gives x·c - ||c||²/2, whose largest value marks the nearest centroid. Only a
+    `rows × K` score block exists at a time; distances that are reported are recomputed in fp32."""
+
+    def __init__(self, torch, device: str, d: int, k: int, score_bytes: int | None):
+        self.torch, self.device, self.d = torch, device, d
+        self.dtype = _low_dtype(torch, device)
+        self.width = d + 1 + (-(d + 1)) % 8
+        budget = score_bytes or (SCORE_BYTES_CUDA if device.startswith("cuda") else SCORE_BYTES_CPU)
+        self.rows = int(max(256, budget // (max(k, 1) * (torch.finfo(self.dtype).bits // 8))))
+
+    def rows_low(self, x):
+        out = self.torch.zeros((len(x), self.width), dtype=self.dtype, device=self.device)
+        out[:, :self.d] = x
+        out[:, self.d] = 1
+        return out
+
+    def centroids_low(self, c):
+        out = self.torch.zeros((len(c), self.width), dtype=self.dtype, device=self.device)
+        out[:, :self.d] = c
+        out[:, self.d] = -0.5 * (c * c).sum(1)
+        return out
+
+
+def _segment_sums(torch, x, ids, k: int, rows: int):
+    """Per-cluster sums of the rows of x (fp32 out), deterministic on every device: rows sorted by cluster, a
+    running fp64 prefix sum in chunks, differences at the cluster boundaries (index_add_ on CUDA adds with
+    atomics, in an order that changes from run to run)."""
+    order = torch.argsort(ids, stable=True)
+    ends = torch.bincount(ids, minlength=k).cumsum(0)  # one past each cluster's last sorted row
+    last = ends - 1
+    prefix = torch.zeros((k, x.shape[1]), dtype=torch.float64, device=x.device)
+    carry = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for a in range(0, len(order), rows):
+        cs = x[order[a:a + rows]].double().cumsum(0) + carry
+        here = (last >= a) & (last < a + len(cs))
+        prefix[here] = cs[last[here] - a]
+        carry = cs[-1]
+    sums = prefix.clone()
+    sums[1:] -= prefix[:-1]
+    return sums.float()
+
+
+def torch_flat(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, device: str = "cpu",
+               score_bytes: int | None = None, init: np.ndarray | None = None, log=None) -> KMeansResult:
+    """Flat Lloyd K-means at the full K in torch; deterministic for a seed on a given device.
+
+    Training rows and the initial centroids are drawn as in the faiss/CPU path (at most
+    MAX_POINTS_PER_CENTROID · K rows; k distinct random rows). Each iteration scores row batches against every
+    centroid in low precision (fp16 on CUDA; bf16 on CPUs with bf16 hardware, else fp32), takes the best, and
+    moves each centroid to the mean of its rows (fp32, summed in fp64); an emptied centroid is re-seeded at the
+    row farthest from its new centroid. Every row of x is then assigned with its distance computed in fp32
+    among its FINAL_CANDIDATES best-scored centroids. Memory: x and one `rows × K` score block on the device.
+    `init`: starting centroids (k × d) instead of random rows, e.g. to compare with another implementation."""
+    import torch
+
+    started = time.perf_counter()
+    n, d = x.shape
+    rng = np.random.default_rng(seed)
+    sample = _sample(n, MAX_POINTS_PER_CENTROID * k, rng)
+    train = x if len(sample) == n else x[sample]
+    m = len(train)
+    scorer = _TorchScorer(torch, device, d, k, score_bytes)
+    rows = scorer.rows
+    details: dict = {"device": device, "score_dtype": str(scorer.dtype).removeprefix("torch."),
+                     "batch_rows": rows, "objective_per_iter": [], "reseeded": 0}
+    with torch.inference_mode():
+        if k >= m:  # every row its own centroid
+            c = torch.from_numpy(np.ascontiguousarray(train[:k], dtype=np.float32)).to(device)
+        else:
+            xt = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32)).to(device)
+            xl = scorer.rows_low(xt)
+            if init is None:
+                c = xt[torch.from_numpy(np.sort(rng.choice(m, size=k, replace=False))).to(device)].clone()
+            else:
+                c = torch.from_numpy(np.array(init, dtype=np.float32)).to(device)
+            ids = torch.empty(m, dtype=torch.long, device=device)
+            for it in range(niter):
+                t0 = time.perf_counter()
+                cl = scorer.centroids_low(c)
+                total = torch.zeros((), dtype=torch.float64, device=device)
+                for b in range(0, m, rows):
+                    ids[b:b + rows] = (xl[b:b + rows] @ cl.T).argmax(1)
+                    total += ((xt[b:b + rows] - c[ids[b:b + rows]]) ** 2).sum(1).double().sum()
+                counts = torch.bincount(ids, minlength=k)
+                full = counts > 0
+                c = torch.where(full[:, None], _segment_sums(torch, xt, ids, k, rows) / counts.clamp(min=1)[:, None], c)
+                empty = int((~full).sum())
+                if empty:  # re-seed at the rows farthest from their (new) centroids, as faiss splits clusters
+                    dist = torch.cat([((xt[b:b + rows] - c[ids[b:b + rows]]) ** 2).sum(1) for b in range(0, m, rows)])
+                    c[~full] = xt[torch.argsort(dist, descending=True, stable=True)[:empty]]
+                    details["reseeded"] += empty
+                objective = float(total) / m
+                details["objective_per_iter"].append(round(objective, 6))
+                if log:
+                    log(f"torch k-means ({device}): iteration {it + 1}/{niter} objective {objective:.5f}, "
+                        f"{empty} empty re-seeded, {time.perf_counter() - t0:.2f}s")
+            del xl, xt
+        train_s = time.perf_counter() - started
+        ids_all, dist_all = _torch_assign(torch, x, c, scorer)
+        details["phase_seconds"] = {"train": round(train_s, 2), "assign": round(time.perf_counter() - started - train_s, 2)}
+        centroids = c.cpu().numpy()
+    return KMeansResult(centroids, ids_all, dist_all, "flat", k, time.perf_counter() - started, m,
+                        details={"backend": f"torch-{'gpu' if device.startswith('cuda') else 'cpu'}", **details})
+
+
+def _torch_assign(torch, x: np.ndarray, c, scorer: _TorchScorer) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row of x: the best FINAL_CANDIDATES by low-precision score, then the exact fp32
+    minimum of ||x||² + ||c||² - 2 x·c among them. x stays on the host; batches travel."""
+    n = len(x)
+    t = min(FINAL_CANDIDATES, len(c))
+    cl = scorer.centroids_low(c)
+    c2 = (c * c).sum(1)
+    ids = np.empty(n, np.int64)
+    dist = np.empty(n, np.float32)
+    for b in range(0, n, scorer.rows):
+        xb = torch.from_numpy(np.ascontiguousarray(x[b:b + scorer.rows], dtype=np.float32)).to(scorer.device)
+        cand = (scorer.rows_low(xb) @ cl.T).topk(t, dim=1).indices
+        dd = ((xb * xb).sum(1)[:, None] + c2[cand] - 2 * torch.einsum("bd,btd->bt", xb, c[cand])).clamp_min_(0)
+        best = dd.argmin(1, keepdim=True)
+        ids[b:b + len(xb)] = cand.gather(1, best)[:, 0].cpu().numpy()
+        dist[b:b + len(xb)] = dd.gather(1, best)[:, 0].cpu().numpy()
+    return ids, dist

@@ -10,7 +10,7 @@ any-shared-8-gram matching also flags clean prompts through exam phrasing that m
 the following is the most likely diagnosis"), so an n-gram that occurs in more than `max_item_df` distinct eval
 items is left out of the index, and a text must share at least `min_shared` (3) of one item's n-grams (all of
 them when the item has fewer): a copied question shares nearly all, a stock phrase one or two. Measured in
-docs/decontamination.md.
+docs/cleaning.md ("Decontamination", step 1).
 
 Step 2 is exact with respect to its definition — contaminated iff `fuzz.ratio(p(prompt), p(eval_text)) >= t`
 for some eval text, with `p = rapidfuzz.utils.default_process` — but never scores every pair: the ratio bounds
@@ -25,13 +25,15 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from iimed_assets.core import lcs
-from iimed_assets.core.dedup import _WordHasher, shingle_batch, tokens
+from iimed_assets.core.dedup import WordHasher, shingle_batch, tokens
+
+# `core.lcs` (numba) is imported where the fuzzy step runs, so importing this module stays light.
 
 # Instruction wrappers that training prompts add around a question (and our own QA templates add), each with a
 # word it always contains whatever its spacing: the regex only runs when that word is there.
@@ -66,7 +68,7 @@ def normalized_words(text: str) -> list[str]:
     return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
-def _grams(texts: Sequence[str], n: int, hasher: _WordHasher) -> tuple[np.ndarray, np.ndarray]:
+def _grams(texts: Sequence[str], n: int, hasher: WordHasher) -> tuple[np.ndarray, np.ndarray]:
     return shingle_batch(texts, n, hasher, tokenize=normalized_words)
 
 
@@ -93,7 +95,7 @@ class NgramIndex:
 
     def __init__(self, items: Iterable[EvalItem], n: int = 8, max_item_df: int = 3, min_shared: int = 3):
         self.n, self.max_item_df, self.min_shared = n, max_item_df, min_shared
-        self.hasher = _WordHasher()
+        self.hasher = WordHasher()
         self.items: list[EvalItem] = []
         texts: list[str] = []
         owner_of_text: list[int] = []
@@ -227,6 +229,8 @@ class FuzzyIndex:
     def __init__(self, eval_texts: Sequence[str], threshold: float = 80.0):
         from rapidfuzz.utils import default_process
 
+        from iimed_assets.core import lcs
+
         self.threshold = threshold
         processed = [default_process(t or "") for t in eval_texts]
         first: dict[str, int] = {}  # identical texts score identically: keep the first (10% of the bundled set)
@@ -272,6 +276,8 @@ class FuzzyIndex:
         `workers` > 1 splits the texts over threads (the LCS kernel releases the GIL)."""
         from rapidfuzz.utils import default_process
 
+        from iimed_assets.core import lcs
+
         out: list[FuzzyHit | None] = [None] * len(texts)
         if not self.texts or not len(texts):
             return out
@@ -297,6 +303,8 @@ class FuzzyIndex:
 
     def _match(self, processed: list[str], rows: Iterable[int], out: list[FuzzyHit | None]) -> np.ndarray:
         from rapidfuzz import fuzz, process
+
+        from iimed_assets.core import lcs
 
         t = self.threshold
         stats = np.zeros(lcs.N_STATS, dtype=np.int64)
@@ -359,3 +367,108 @@ def fuzzy_contaminated(texts: Sequence[str], eval_texts: Sequence[str], *, thres
     text: the brute-force answer, computed on length-blocked candidates only."""
     index = FuzzyIndex(eval_texts, threshold)
     return [hit is not None for hit in index.match_batch(texts)]
+
+
+# ---- the stage: eval items in, contaminated prompts out -------------------------------------------------
+
+def eval_items(rows: Iterable[tuple[str, str, str, str | None, str | None]]) -> list[EvalItem]:
+    """Eval items from `eval_items` rows (eval set, id, prompt, meta question, meta context), each indexed as its
+    bare question and as the full prompt (question + options, or context + question)."""
+    items = []
+    for source, rid, prompt, question, context in rows:
+        bare = question or (prompt[len(context):].strip() if context and prompt.startswith(context) else prompt)
+        items.append(EvalItem(source, rid, tuple(dict.fromkeys([bare, prompt]))))
+    return items
+
+
+@dataclass(frozen=True)
+class Contamination:
+    """A prompt that copies an eval item: which step caught it, the item, and the evidence (the shared n-gram, or
+    the fuzzy score)."""
+
+    row_id: str
+    step: str  # "ngram" | "fuzzy"
+    eval_set: str
+    item_id: str
+    evidence: str
+
+    @property
+    def reason(self) -> str:
+        return f"contaminated_{self.step}"
+
+    @property
+    def detail(self) -> str:
+        what = f"ngram={self.evidence!r}" if self.step == "ngram" else f"score={self.evidence}"
+        return f"eval_set={self.eval_set} item={self.item_id} {what}"
+
+
+@dataclass
+class DecontamStats:
+    rows: int = 0
+    by_step: Counter = field(default_factory=Counter)
+    by_eval_set: Counter = field(default_factory=Counter)
+    examples: list[tuple[str, str, str, str]] = field(default_factory=list)  # (step, eval set, prompt, evidence)
+
+
+class Decontaminator:
+    """The card's two steps over batches of prompts: boilerplate stripped, then word n-grams (`NgramIndex`), then
+    fuzzy ratio >= threshold (`FuzzyIndex`) for the prompts step 1 let through."""
+
+    def __init__(self, items: Sequence[EvalItem], *, ngram: int = 8, max_item_df: int = 3, min_shared: int = 3,
+                 fuzzy_threshold: float = 80.0, fuzzy_workers: int = 1, max_examples: int = 5) -> None:
+        self.items = list(items)
+        self.ngram_index = NgramIndex(self.items, ngram, max_item_df, min_shared)
+        self.fuzzy_owner = [k for k, item in enumerate(self.items) for _ in item.texts]
+        self.fuzzy_texts = [t for item in self.items for t in item.texts]
+        self.fuzzy_index = FuzzyIndex(self.fuzzy_texts, fuzzy_threshold)
+        self.fuzzy_workers, self.max_examples = fuzzy_workers, max_examples
+        self.stats = DecontamStats()
+
+    def process(self, ids: Sequence[str], prompts: Sequence[str]) -> list[Contamination]:
+        """The contaminated prompts of one batch: step-1 hits in batch order, then step-2 hits."""
+        stripped = [strip_boilerplate(p) for p in prompts]
+        hits = self.ngram_index.match_batch(stripped)
+        rest = [k for k, h in enumerate(hits) if h is None]
+        fuzzy_hits = self.fuzzy_index.match_batch([stripped[k] for k in rest], workers=self.fuzzy_workers)
+        found: list[tuple[int, Contamination]] = []
+        for k, h in enumerate(hits):
+            if h is not None:
+                found.append((k, Contamination(ids[k], "ngram", h.eval_set, h.item_id, h.ngram)))
+        for k, fh in zip(rest, fuzzy_hits):
+            if fh is not None:
+                item = self.items[self.fuzzy_owner[fh.eval_index]]
+                found.append((k, Contamination(ids[k], "fuzzy", item.eval_set, item.item_id, f"{fh.score:.1f}")))
+        st = self.stats
+        st.rows += len(prompts)
+        for k, c in found:
+            st.by_step[c.step] += 1
+            st.by_eval_set[c.eval_set] += 1
+            if len(st.examples) < self.max_examples:
+                st.examples.append((c.step, c.eval_set, prompts[k], c.evidence))
+        return [c for _, c in found]
+
+
+@dataclass(frozen=True)
+class ContaminationRate:
+    rows: int
+    contaminated: int
+    examples: tuple[str, ...]  # ids of the first contaminated rows
+
+    @property
+    def rate(self) -> float:
+        return round(self.contaminated / self.rows, 6) if self.rows else 0.0
+
+
+def contamination_rate(index: NgramIndex, batches: Iterable[Sequence[tuple[str, str]]],
+                       max_examples: int = 5) -> ContaminationRate:
+    """Re-run the n-gram step over stored rows, given as batches of (id, prompt)."""
+    total, bad, examples = 0, 0, []
+    for batch in batches:
+        total += len(batch)
+        hits = index.match_batch([strip_boilerplate(prompt) for _, prompt in batch])
+        for (rid, _), h in zip(batch, hits):
+            if h is not None:
+                bad += 1
+                if len(examples) < max_examples:
+                    examples.append(rid)
+    return ContaminationRate(total, bad, tuple(examples))

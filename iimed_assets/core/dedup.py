@@ -2,6 +2,7 @@
 Jaccard for the decision.
 
     near_duplicate_mask(texts, ngram=4, threshold=0.7) -> [False, True, ...]   # True = drop
+    StreamingDedup(scratch_path, fetch_texts).process(order, texts) -> drops    # the same rule, chunk by chunk
 
 A text is dropped when its exact Jaccard similarity (over sets of word n-gram shingles of lowercased `\\w+`
 tokens) with an *earlier kept* text is >= threshold. LSH only proposes candidate pairs; every candidate is
@@ -9,35 +10,40 @@ verified with the exact Jaccard of the two shingle sets, so nothing below the th
 bands sit well below the threshold (32 bands × 4 rows: a pair at Jaccard 0.7 becomes a candidate with probability
 1 - (1 - 0.7^4)^32 = 0.99985), so almost nothing above it is missed either.
 
-Signatures are computed with numpy over a whole batch of documents at once (no Python loop per shingle): each
-shingle is hashed once (64 bit), then all permutations are one multiply-shift over a (shingles × permutations)
-matrix, reduced per document with `np.minimum.reduceat`.
+Hashing is the hot loop, so it runs in numba kernels over a whole batch of texts (`core.minhash_kernels`, loaded
+on first use): ASCII texts are split, lowercased and their words hashed in one pass over their bytes; other texts
+are split in Python (`tokens`) and hashed through a word-hash cache (`WordHasher`), with the same hashes. Each
+shingle is hashed once (64 bit); the signature is, per permutation, the minimum of a·x + b mod 2^32 over the
+text's shingles (x = the shingle hash folded to 32 bits), computed in one pass with the permutation loop
+vectorised.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from itertools import repeat
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 _WORD = re.compile(r"\w+")
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _P1 = np.uint64(0x9E3779B97F4A7C15)
 _P2 = np.uint64(0xBF58476D1CE4E5B9)
 _P3 = np.uint64(0x94D049BB133111EB)
 
 
-# ASCII fast path: every character that is not [A-Za-z0-9_] becomes a space (str.translate runs in C); for ASCII
-# text this splits exactly where `\w+` does.
+# Every character that is not [A-Za-z0-9_] becomes a space (str.translate runs in C); for ASCII text this splits
+# exactly where `\w+` does.
 _ASCII_NONWORD = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")}
 
 
 def tokens(text: str) -> list[str]:
-    """Lowercased `\w+` runs."""
+    r"""Lowercased `\w+` runs."""
     text = (text or "").lower()
     if text.isascii():
         return text.translate(_ASCII_NONWORD).split()
@@ -53,7 +59,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-class _WordHasher:
+class WordHasher:
     """Stable 64-bit word hashes (crc32 twice, with different seeds). Words get small integer ids from a dict
     (corpora repeat words a lot; lookups run through `map`, in C), and the hashes live in a numpy table indexed
     by id. The empty string (shingle padding) is id 0 with hash 0. Past `max_vocab` words the table is reset."""
@@ -94,32 +100,51 @@ class _WordHasher:
         return self.table[idx]
 
 
-def shingle_batch(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None,
+def _word_hashes(texts: Sequence[str], hasher: WordHasher | None,
+                 tokenize: Callable[[str], list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every text's word hashes laid end to end, and each text's word count. ASCII texts go through the numba
+    kernel (lowercased `[A-Za-z0-9_]+` runs: what `tokens` and `decontam.normalized_words` give on ASCII), the
+    others through `tokenize` and the word-hash cache; both hash a word the same way."""
+    from iimed_assets.core import minhash_kernels as kernels
+
+    texts = [t or "" for t in texts]
+    is_ascii = [t.isascii() for t in texts]
+    ascii_texts = [t for t, a in zip(texts, is_ascii) if a]
+    words = np.empty(0, dtype=np.uint64)
+    ascii_lengths = np.empty(0, dtype=np.int64)
+    if ascii_texts:
+        sizes = np.fromiter(map(len, ascii_texts), dtype=np.int64, count=len(ascii_texts))
+        ends = np.cumsum(sizes + 1) - 1  # texts joined by "\n", a non-word byte
+        buf = np.frombuffer("\n".join(ascii_texts).encode("ascii"), dtype=np.uint8)
+        words, ascii_lengths = kernels.ascii_word_hashes(buf, ends - sizes, ends, kernels.CRC_TABLE)
+        if len(ascii_texts) == len(texts):
+            return words, ascii_lengths
+    hasher = hasher or WordHasher()
+    word_ends = np.cumsum(ascii_lengths).tolist()
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    parts, k = [], 0
+    for i, (t, a) in enumerate(zip(texts, is_ascii)):
+        if a:
+            lengths[i] = ascii_lengths[k]
+            parts.append(words[word_ends[k] - lengths[i]:word_ends[k]])
+            k += 1
+        else:
+            w = tokenize(t)
+            parts.append(hasher(w) if w else np.empty(0, dtype=np.uint64))
+            lengths[i] = len(w)
+    return (np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)), lengths
+
+
+def shingle_batch(texts: Sequence[str], ngram: int = 4, hasher: WordHasher | None = None,
                   tokenize: Callable[[str], list[str]] = tokens) -> tuple[np.ndarray, np.ndarray]:
-    """All word n-gram hashes of a batch of texts, vectorised: (hashes uint64, shingles per text). A text shorter
-    than n words is one shingle (its words, zero-padded); a text with no word has none. Not deduplicated: MinHash
-    does not need it."""
-    hasher = hasher or _WordHasher()
-    flat: list[str] = []
-    lengths = np.empty(len(texts), dtype=np.int64)
-    pad = [""] * (ngram - 1)
-    for i, t in enumerate(texts):
-        words = tokenize(t)
-        lengths[i] = len(words)
-        flat.extend(words)
-        flat.extend(pad)
-    w = hasher(flat)  # padding ("") hashes to 0
-    counts = np.where(lengths == 0, 0, np.maximum(lengths - ngram + 1, 1))
-    starts = np.concatenate([[0], np.cumsum(lengths + ngram - 1)[:-1]]).astype(np.int64)
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.uint64), counts
-    pos = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(total)
-    h = np.zeros(total, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(ngram):  # a loop over the n positions of a shingle, vectorised over all shingles
-            h = _mix(h * _P1 + w[pos + k])
-    return h, counts
+    """All word n-gram hashes of a batch of texts: (hashes uint64, shingles per text). A text shorter than n words
+    is one shingle (its words, zero-padded); a text with no word has none. Not deduplicated: MinHash does not need
+    it. `tokenize` splits the non-ASCII texts (ASCII ones are split as lowercased `\\w+` by the kernel);
+    `hasher` caches their word hashes across calls."""
+    from iimed_assets.core import minhash_kernels as kernels
+
+    words, lengths = _word_hashes(texts, hasher, tokenize)
+    return kernels.ngram_hashes(words, lengths, ngram)
 
 
 def split_sets(hashes: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
@@ -128,12 +153,12 @@ def split_sets(hashes: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     return [np.unique(hashes[e - c:e]) for e, c in zip(ends, counts.tolist())]
 
 
-def shingle_sets(texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None) -> list[np.ndarray]:
+def shingle_sets(texts: Sequence[str], ngram: int = 4, hasher: WordHasher | None = None) -> list[np.ndarray]:
     """Each text's shingle set, from one vectorised `shingle_batch`."""
     return split_sets(*shingle_batch(texts, ngram, hasher))
 
 
-def shingle_hashes(text: str, ngram: int = 4, hasher: _WordHasher | None = None) -> np.ndarray:
+def shingle_hashes(text: str, ngram: int = 4, hasher: WordHasher | None = None) -> np.ndarray:
     """The sorted unique 64-bit hashes of one text's word n-grams: its shingle set."""
     return shingle_sets([text], ngram, hasher)[0]
 
@@ -150,44 +175,24 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 class MinHasher:
     """`num_perm` hash functions over shingles: each 64-bit shingle hash is folded to 32 bits, then permuted by
     num_perm random affine bijections x -> a·x + b (mod 2^32, a odd). The inputs are already well-mixed hashes,
-    so the affine maps behave as min-wise permutations (tested against exact Jaccard), and 32-bit lanes keep the
-    (shingles × permutations) block small enough to stay in cache."""
+    so the affine maps behave as min-wise permutations (tested against exact Jaccard)."""
 
     num_perm: int = 128
     seed: int = 1
-    block_cells: int = 64 * 1024  # shingles × permutations per numpy block (256 KB of uint32: stays in L2)
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
         self.a = rng.integers(0, 2**32, self.num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
         self.b = rng.integers(0, 2**32, self.num_perm, dtype=np.uint64).astype(np.uint32)
-        self.hasher = _WordHasher()  # kept across calls: the word-hash cache warms up
+        self.hasher = WordHasher()  # kept across calls: the word-hash cache warms up
 
     def signatures(self, hashes: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(documents × num_perm) uint32 signatures from `shingle_batch` output; no shingle -> all 0xFFFFFFFF."""
-        n_docs = len(counts)
-        out = np.full((n_docs, self.num_perm), 0xFFFFFFFF, dtype=np.uint32)
-        x = (hashes ^ (hashes >> np.uint64(32))).astype(np.uint32)
-        ends = np.cumsum(counts)
-        starts = ends - counts
-        block_rows = max(1, self.block_cells // self.num_perm)
-        buf = np.empty((block_rows, self.num_perm), dtype=np.uint32)
-        d = 0
-        while d < n_docs:
-            e, lo = d, int(starts[d])
-            while e < n_docs and (e == d or int(ends[e]) - lo <= block_rows):
-                e += 1
-            docs = np.arange(d, e)[counts[d:e] > 0]
-            if len(docs):
-                block = x[lo:int(ends[e - 1])]
-                vals = buf[: len(block)] if len(block) <= block_rows else np.empty((len(block), self.num_perm), np.uint32)
-                np.multiply(block[:, None], self.a[None, :], out=vals)
-                vals += self.b
-                out[docs] = np.minimum.reduceat(vals, starts[docs] - lo, axis=0)
-            d = e
-        return out
+        from iimed_assets.core import minhash_kernels as kernels
 
-    def signatures_of(self, texts: Sequence[str], ngram: int = 4, hasher: _WordHasher | None = None) -> np.ndarray:
+        return kernels.min_signatures(hashes, np.asarray(counts, dtype=np.int64), self.a, self.b)
+
+    def signatures_of(self, texts: Sequence[str], ngram: int = 4, hasher: WordHasher | None = None) -> np.ndarray:
         return self.signatures(*shingle_batch(texts, ngram, hasher or self.hasher))
 
 
@@ -266,10 +271,183 @@ def greedy_verify(ords: Sequence[int], sets: Sequence[np.ndarray], keys: np.ndar
     return kept, matches, pairs, verified
 
 
+def exact_key(shingle_set: np.ndarray) -> int:
+    """A 64-bit key of a shingle set: equal sets (exact copies up to case and punctuation) share it."""
+    return int.from_bytes(hashlib.blake2b(shingle_set.tobytes(), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A dropped row: its order, the earlier kept row it duplicates, and their exact Jaccard."""
+
+    order: int
+    kept_order: int
+    jaccard: float
+
+
+@dataclass
+class DedupStats:
+    rows: int = 0
+    dropped: int = 0
+    exact_copies: int = 0      # rows whose shingle set equals an earlier row's (resolved by key, not verified)
+    candidate_pairs: int = 0   # (row, earlier kept row) pairs sharing an LSH bucket
+    pairs_verified: int = 0    # ... whose exact Jaccard was computed before a match ended the row's search
+    sets_reread: int = 0       # kept rows' shingle sets re-read through `fetch_texts` (LRU cache misses)
+    jaccard_of_dropped: dict[str, int] = field(default_factory=dict)  # "0.85" -> drops in [0.85, 0.90)
+
+
+class _SetCache:
+    """Shingle sets of kept rows by order, least recently used dropped past `size`; misses are re-read through
+    `fetch_texts(orders) -> [(order, text)]` and re-shingled in one batch."""
+
+    def __init__(self, size: int, fetch_texts: Callable[[list[int]], Iterable[tuple[int, str]]], ngram: int,
+                 hasher: WordHasher) -> None:
+        self.size, self.fetch_texts, self.ngram, self.hasher = size, fetch_texts, ngram, hasher
+        self.sets: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.misses = 0
+
+    def put(self, o: int, s: np.ndarray) -> None:
+        self.sets[o] = s
+        self.sets.move_to_end(o)
+        while len(self.sets) > self.size:
+            self.sets.popitem(last=False)
+
+    def ensure(self, ords: list[int]) -> dict[int, np.ndarray]:
+        """The sets of `ords`, fetching the missing ones; returned as a dict so eviction cannot lose them."""
+        out = {o: self.sets[o] for o in ords if o in self.sets}
+        for o in out:
+            self.sets.move_to_end(o)
+        missing = [o for o in ords if o not in out]
+        if missing:
+            self.misses += len(missing)
+            rows = list(self.fetch_texts(missing))
+            for (o, _), shingles in zip(rows, shingle_sets([t for _, t in rows], self.ngram, self.hasher)):
+                out[o] = shingles
+                self.put(o, shingles)
+        return out
+
+
+class StreamingDedup:
+    """The greedy near-duplicate rule over rows that arrive in ascending order, chunk by chunk, with memory that does
+    not grow with the row count.
+
+    Per chunk (`process(orders, texts)`): shingles and MinHash signatures (numba); exact copies (same shingle set)
+    resolved by a key lookup; then each remaining row is verified by exact Jaccard against the earlier *kept* rows
+    that share an LSH bucket with it (`greedy_verify`). State: the kept rows' bucket keys and the first row of each
+    shingle set live in a scratch DuckDB file (`kept_bands`, `exact_reps`; it spills past `scratch_memory`), the
+    kept rows' shingle sets in an LRU cache of `cached_sets` (misses re-read through `fetch_texts`), the word-hash
+    cache is reset past `max_vocab` words. The earliest row of a group stays; an exact copy of a dropped row points
+    at that row's own match."""
+
+    def __init__(self, scratch_path: str | Path, fetch_texts: Callable[[list[int]], Iterable[tuple[int, str]]], *,
+                 ngram: int = 4, threshold: float = 0.7, num_perm: int = 128, seed: int = 1,
+                 cached_sets: int = 20_000, scratch_memory: str = "256MB", max_vocab: int = 500_000) -> None:
+        import duckdb
+
+        self.ngram, self.threshold, self.num_perm = ngram, threshold, num_perm
+        self.bands, self.rows_per_band = lsh_params(num_perm, threshold)
+        self.hasher = WordHasher(max_vocab)
+        self.minhasher = MinHasher(num_perm, seed)
+        self.cache = _SetCache(cached_sets, fetch_texts, ngram, self.hasher)
+        self.stats = DedupStats()
+        self.db = duckdb.connect(str(scratch_path), config={"memory_limit": scratch_memory})
+        # exact_reps: the first row of each shingle set, with its own match if it was dropped.
+        self.db.execute("CREATE TABLE exact_reps (key UBIGINT, ord BIGINT, kept_ord BIGINT, jaccard DOUBLE)")
+        self.db.execute("CREATE TABLE kept_bands (bucket UBIGINT, ord BIGINT)")
+
+    @property
+    def parameters(self) -> dict:
+        """The rule's parameters as the dataset card and the stage record report them."""
+        return {"ngram": self.ngram, "threshold": self.threshold, "num_perm": self.num_perm, "bands": self.bands,
+                "rows_per_band": self.rows_per_band,
+                "p_candidate_at_threshold": round(1 - (1 - self.threshold ** self.rows_per_band) ** self.bands, 6)}
+
+    def process(self, orders: Sequence[int], texts: Sequence[str]) -> list[Drop]:
+        """One chunk (orders ascending, above every earlier chunk's): the rows it drops, in order."""
+        import pyarrow as pa
+
+        ords = list(orders)
+        hashes, counts = shingle_batch(texts, self.ngram, self.hasher)
+        sets = {o: x for o, x in zip(ords, split_sets(hashes, counts)) if len(x)}
+        keys = {o: exact_key(x) for o, x in sets.items()}  # a row with no shingle is never a duplicate
+        known = dict(self.db.execute(
+            "SELECT key, [ord, kept_ord, jaccard] FROM exact_reps WHERE key IN (SELECT unnest(?::UBIGINT[]))",
+            [sorted(set(keys.values()))]).fetchall())
+        first: dict[int, int] = {}
+        reps, followers = [], []
+        for o, k in keys.items():
+            if k in known or k in first:
+                followers.append((o, k))
+            else:
+                first[k] = o
+                reps.append(o)
+        at = {o: i for i, o in enumerate(ords)}
+        band = band_keys(self.minhasher.signatures(hashes, counts), self.bands, self.rows_per_band)[
+            np.array([at[o] for o in reps], dtype=np.int64)]
+        rep_ords = np.array(reps, dtype=np.int64)
+        prior = self._prior_candidates(rep_ords, band)
+        prior_sets = self.cache.ensure(sorted({i for c in prior.values() for i in c}))
+        kept, matches, pairs, verified = greedy_verify(
+            reps, [sets[o] for o in reps], band, self.threshold, prior, prior_sets.__getitem__)
+        # Exact copies follow their rep: dropped with the rep as match, or with the rep's own match.
+        rep_match = {k: (v[0], v[1], v[2]) for k, v in known.items()}
+        for o in reps:
+            m = matches.get(o)
+            rep_match[keys[o]] = (o, m[0] if m else None, m[1] if m else None)
+        for o, k in followers:
+            rep, kept_ord, sim = rep_match[k]
+            matches[o] = (rep, 1.0) if kept_ord is None else (kept_ord, sim)
+        self.db.register("new_reps", pa.table({
+            "key": pa.array([keys[o] for o in reps], pa.uint64()), "ord": rep_ords,
+            "kept_ord": pa.array([matches[o][0] if o in matches else None for o in reps], pa.int64()),
+            "jaccard": pa.array([matches[o][1] if o in matches else None for o in reps], pa.float64())}))
+        self.db.execute("INSERT INTO exact_reps SELECT * FROM new_reps")
+        keep = np.array(kept, dtype=bool)
+        self.db.register("new_kept", pa.table({"bucket": band[keep].reshape(-1),
+                                               "ord": np.repeat(rep_ords[keep], self.bands)}))
+        self.db.execute("INSERT INTO kept_bands SELECT * FROM new_kept")
+        for o, k in zip(reps, kept):
+            if k:
+                self.cache.put(o, sets[o])
+        drops = [Drop(o, m[0], float(m[1])) for o, m in sorted(matches.items())]
+        st = self.stats
+        st.rows += len(ords)
+        st.dropped += len(drops)
+        st.exact_copies += len(followers)
+        st.candidate_pairs += pairs
+        st.pairs_verified += verified
+        st.sets_reread = self.cache.misses
+        for d in drops:
+            b = f"{np.floor(d.jaccard * 20) / 20:.2f}"
+            st.jaccard_of_dropped[b] = st.jaccard_of_dropped.get(b, 0) + 1
+        return drops
+
+    def _prior_candidates(self, rep_ords: np.ndarray, band: np.ndarray) -> dict[int, list[int]]:
+        """For each rep of the chunk, the earlier chunks' kept rows sharing a bucket with it, ascending."""
+        import pyarrow as pa
+
+        self.db.register("chunk_bands", pa.table({"ord": np.repeat(rep_ords, self.bands), "bucket": band.reshape(-1)}))
+        found = self.db.execute("SELECT DISTINCT c.ord, k.ord FROM chunk_bands c JOIN kept_bands k "
+                                "ON c.bucket = k.bucket ORDER BY 1, 2").fetchnumpy()
+        prior: dict[int, list[int]] = {}
+        for j, i in zip(found["ord"].tolist(), found["ord_1"].tolist()):
+            prior.setdefault(j, []).append(i)
+        return prior
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> StreamingDedup:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def near_duplicates(texts: Iterable[str], *, ngram: int = 4, threshold: float = 0.7, num_perm: int = 128,
                     seed: int = 1) -> DedupResult:
-    """In-memory greedy dedup in input order (for notebooks and tests; the asset runs the same `greedy_verify`
-    chunk by chunk with the kept rows' buckets in DuckDB)."""
+    """In-memory greedy dedup in input order (for notebooks and tests; `StreamingDedup` runs the same
+    `greedy_verify` chunk by chunk with the kept rows' buckets in DuckDB)."""
     hashes, counts = shingle_batch(list(texts), ngram)
     sets = split_sets(hashes, counts)
     bands, rows = lsh_params(num_perm, threshold)
@@ -288,7 +466,7 @@ def near_duplicate_mask(texts: Sequence[str], *, ngram: int = 4, threshold: floa
 
 def near_duplicate_mask_exact(texts: Sequence[str], *, ngram: int = 4, threshold: float = 0.7) -> list[bool]:
     """The same rule by brute force over all earlier kept texts (O(n²)): the reference for tests and benchmarks."""
-    hasher = _WordHasher()
+    hasher = WordHasher()
     sets = [shingle_hashes(t, ngram, hasher) for t in texts]
     kept: list[int] = []
     drop = [False] * len(sets)

@@ -5,7 +5,7 @@ need = ceil(t·(la + lb) / 200). `candidates` answers that question for one prom
 of eval texts b, and proves "no" for nearly every pair long before the full LCS is known:
 
 1. length: LCS <= min(la, lb);
-2. characters: LCS <= Σ_c min(count_a(c), count_b(c)) over 39 character buckets (a-z, 0-9, space, other);
+2. characters: LCS <= Σ_c min(count_a(c), count_b(c)) over 38 character buckets (a-z, 0-9, space, other);
 3. the LCS itself, bit-parallel (Hyyrö 2004: 64 cells per machine word, one row per character of b), with
    - the Ukkonen band: a common subsequence of length >= need skips at most la - need characters of a and
      lb - need of b, so each of its matches (x, y) has -(lb - need) <= x - y <= la - need. Only the words that

@@ -40,9 +40,14 @@ class FieldMap:
       index0      - a 0-based option index
       option_text - the text of the correct option (turned into its letter)
       answer_tag  - "Answer: (A)"-style text
+      option_key  - the key of the correct option in a keyed options map ("option3" -> C)
+
+    `id` may name several fields (a composite native id, e.g. MedReason's dataset_name + id_in_dataset,
+    whose id_in_dataset repeats across its source sets). A `where` value is a tuple of allowed values or a
+    compiled regex that the value's text must match (case as the pattern says).
     """
 
-    id: str | None = None
+    id: str | tuple[str, ...] | None = None
     prompt: str | tuple[str, ...] | None = None
     conversation: str | None = None
     system: str | None = None
@@ -56,7 +61,7 @@ class FieldMap:
     labeled_prompt: bool = False
     language: str = "en"
     meta: tuple[str, ...] = ()
-    where: tuple[tuple[str, tuple[Any, ...]], ...] = field(default_factory=tuple)
+    where: tuple[tuple[str, tuple[Any, ...] | re.Pattern], ...] = field(default_factory=tuple)
 
     def fields_used(self) -> list[str]:
         out: list[str] = []
@@ -156,7 +161,11 @@ def parse_options(value: Any) -> dict[str, str] | None:
             try:
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                raise RowRejected(Reason.WRONG_TYPE, "options is a string that holds no list or mapping")
+                lines = options_text_block(text)
+                if lines is None:
+                    raise RowRejected(Reason.WRONG_TYPE, "options is a string that holds no list, mapping or "
+                                                         "'A. …' lines")
+                value = lines
     if isinstance(value, Mapping):
         out = {str(k).strip(): _as_text(v, "option") or "" for k, v in value.items()}
     elif isinstance(value, Sequence):
@@ -174,20 +183,66 @@ def parse_options(value: Any) -> dict[str, str] | None:
                 out[LETTERS[i]] = _as_text(item, "option") or ""
     else:
         raise RowRejected(Reason.WRONG_TYPE, f"options is {type(value).__name__}")
-    if out and all(k.isdigit() for k in out) and [int(k) for k in out] == list(range(1, len(out) + 1)):
-        out = {LETTERS[int(k) - 1]: v for k, v in out.items()}
+    out = _reletter(out)
     # Placeholders such as "n/a" in AfriMed-QA's 5th slot are not options.
     out = {k: v for k, v in out.items() if v.strip() and v.strip().lower() not in {"n/a", "na"}}
     return out or None
 
 
+_NUMBERED_KEY = re.compile(r"^(?:option\s*)?(\d+)$", re.I)
+
+
+def _reletter(options: dict[str, str]) -> dict[str, str]:
+    """Numbered keys, 1.. or option1.. (ARC, AfriMed-QA) -> the letter of their number (option3 -> C), so a
+    gold answer given as a key names the same letter; other keys stay."""
+    nums = [_NUMBERED_KEY.match(k) for k in options]
+    if not options or not all(nums):
+        return options
+    numbers = [int(m.group(1)) for m in nums]
+    if len(set(numbers)) != len(numbers) or not all(1 <= n <= len(LETTERS) for n in numbers):
+        return options
+    return {LETTERS[n - 1]: v for n, v in zip(numbers, options.values())}
+
+
 _CHOICES_BLOCK = re.compile(r"\n?\s*Answer Choices:\s*(?P<body>\(A\).*)$", re.S)
 _PAREN_OPTION = re.compile(r"\(([A-Z])\)\s*")
 _LINE_OPTION = re.compile(r"^\s*Option\s+([A-Z])\s*[:.)]\s*(.*)$", re.M)
+# A trailing block of "A. text" / "B) text" / "C: text" lines (m23k prompts, Nemotron science questions).
+_LETTER_LINE = re.compile(r"^[ \t]*([A-Z])[.):][ \t]+(\S.*)$")
+
+
+def _letter_block(lines: list[str]) -> dict[str, str] | None:
+    """Lines that are all `A. …`, `B. …`, … in order -> {letter: text}; None otherwise (or under 2 lines)."""
+    matches = [_LETTER_LINE.match(line) for line in lines]
+    if len(lines) < 2 or not all(matches):
+        return None
+    if [m.group(1) for m in matches] != list(LETTERS[: len(matches)]):
+        return None
+    return {m.group(1): m.group(2).strip() for m in matches}
+
+
+def _trailing_letter_lines(text: str) -> tuple[str, dict[str, str]] | None:
+    lines = text.rstrip().split("\n")
+    n = 0
+    while n < len(lines) and _LETTER_LINE.match(lines[len(lines) - 1 - n]):
+        n += 1
+    block = _letter_block(lines[len(lines) - n:]) if n else None
+    stem = "\n".join(lines[: len(lines) - n]).rstrip()
+    return (stem, block) if block and stem else None
+
+
+_CHOICES_HEADER = re.compile(r"^\s*(?:Answer\s+)?(?:Choices|Options)\s*:\s*\n", re.I)
+
+
+def options_text_block(text: str) -> dict[str, str] | None:
+    """A string that is only option lines (`A. …\nB. …`, optionally under an `Answer Choices:` header, as in
+    MedReason's `options` column) -> {letter: text}; None when it is not."""
+    return _letter_block(_CHOICES_HEADER.sub("", text.strip(), count=1).strip().split("\n"))
 
 
 def options_from_text(text: str) -> tuple[str, dict[str, str] | None]:
-    """Split options written inside a question: `Answer Choices: (A) … (B) …` or `Option A: …` lines.
+    """Split options written inside a question: `Answer Choices: (A) … (B) …`, `Option A: …` lines, or a
+    trailing block of `A. …` lines.
 
     Returns (stem, options); (text, None) when no options block is found.
     """
@@ -206,6 +261,9 @@ def options_from_text(text: str) -> tuple[str, dict[str, str] | None]:
         if letters == list(LETTERS[: len(letters)]):
             stem = text[: lines[0].start()].rstrip()
             return stem, {x.group(1): x.group(2).strip() for x in lines}
+    trailing = _trailing_letter_lines(text)
+    if trailing:
+        return trailing
     return text, None
 
 
@@ -249,17 +307,27 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
         if m:
             return m.group(1).upper()
         raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} has no 'Answer: (X)'")
+    if fmt == "option_key":
+        # "option3" -> "C"; AfriMed-QA's multi-answer MCQs list several keys: "option1,option3" -> "A,C".
+        letters = []
+        for key in text.split(","):
+            m = _NUMBERED_KEY.match(key.strip())
+            letter = LETTERS[int(m.group(1)) - 1] if m and 1 <= int(m.group(1)) <= len(LETTERS) else None
+            if letter is None or (options is not None and letter not in options):
+                raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} names no option")
+            letters.append(letter)
+        return ",".join(letters)
     if fmt == "option_text":
         if options:
-            norm = _fold(text)
+            norm = fold_text(text)
             for letter, opt in options.items():
-                if _fold(opt) == norm:
+                if fold_text(opt) == norm:
                     return letter
         raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} matches no option")
-    return text
+    return text or None  # an empty reference is no reference
 
 
-def _fold(text: str) -> str:
+def fold_text(text: str) -> str:
     # Real rows carry stray quotes and full stops around otherwise identical option text.
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split()).strip(" .\"'")
 
@@ -321,7 +389,9 @@ def in_scope(record: Mapping[str, Any], fm: FieldMap) -> str | None:
     """None when the record passes the map's `where` filter, else a detail string."""
     for path, allowed in fm.where:
         value = get_path(record, path)
-        if value not in allowed:
+        ok = (bool(allowed.search(str(value))) if value is not None else False) \
+            if isinstance(allowed, re.Pattern) else value in allowed
+        if not ok:
             return f"{path}={str(value)[:60]!r}"
     return None
 
@@ -352,12 +422,14 @@ def normalize_record(
         if not user_turns:
             raise RowRejected(Reason.MISSING_PROMPT, "conversation has no user turn")
         prompt = user_turns[-1]["content"]
-        messages = turns
+        # Assistant turns with reasoning take the contract's form (`<think>\n…\n</think>\n\nanswer`), also when
+        # the source omits the opening tag (SYNTHETIC-1's generator prefilled it).
+        messages = [_assistant_turn(t["content"], None, meta) if t["role"] == "assistant"
+                    and split_think(t["content"])[0] is not None else t for t in turns]
         extra = _as_text(get_path(record, fm.response), fm.response) if fm.response else None
         if extra is not None and turns[-1]["role"] != "assistant":
             reasoning = _as_text(get_path(record, fm.reasoning), fm.reasoning) if fm.reasoning else None
-            inner, answer, closed = split_think(extra)
-            messages.append({"role": "assistant", "content": assistant_content(reasoning or inner, answer)})
+            messages.append(_assistant_turn(extra, reasoning, meta))
     else:
         if fm.prompt is None:
             raise RowRejected(Reason.MISSING_PROMPT, "no prompt field mapped")
@@ -411,12 +483,7 @@ def normalize_record(
         response = _as_text(get_path(record, fm.response), fm.response) if fm.response else None
         reasoning = _as_text(get_path(record, fm.reasoning), fm.reasoning) if fm.reasoning else None
         if response is not None or reasoning:
-            inner_reasoning, answer, closed = split_think(response or "")
-            if not closed:
-                meta["think_closed"] = False
-            reasoning = reasoning or inner_reasoning
-            messages.append({"role": "assistant", "content": assistant_content(reasoning, answer) if closed
-                             else f"{_THINK_OPEN}\n{(reasoning or '').strip()}"})
+            messages.append(_assistant_turn(response, reasoning, meta))
 
     gold_raw = get_path(record, fm.gold_answer) if fm.gold_answer else None
     gold = gold_to_letter(gold_raw, fm.gold_format if options or fm.gold_format == "text" else "text", options)
@@ -426,7 +493,7 @@ def normalize_record(
         if value is not None:
             meta[path] = value
 
-    native = get_path(record, fm.id) if fm.id else None
+    native = _native_id(record, fm.id)
     if native is None or native == "":
         native = fallback_native_id or content_key(prompt, messages[-1]["content"] if messages else "")
     native = f"{native_prefix}{native}"
@@ -447,9 +514,31 @@ def normalize_record(
     }
 
 
-def missing_fields(record: Any, fm: FieldMap) -> list[str]:
-    """Mapped paths whose top-level key is absent from a record: a wrong mapping, not a bad row."""
-    if not isinstance(record, Mapping):
-        return []
-    return sorted({p.split(".")[0] for p in fm.fields_used() if p.split(".")[0] not in record})
+def _assistant_turn(response: str | None, reasoning: str | None, meta: dict[str, Any]) -> dict[str, str]:
+    """An assistant turn in the contract's form from a response (maybe with inline `<think>`) and/or a separate
+    reasoning text. A cut-off trace (think never closed) stays open and is marked `think_closed: false`."""
+    inner, answer, closed = split_think(response or "")
+    reasoning = reasoning or inner
+    if not closed:
+        meta["think_closed"] = False
+        return {"role": "assistant", "content": f"{_THINK_OPEN}\n{(reasoning or '').strip()}"}
+    return {"role": "assistant", "content": assistant_content(reasoning, answer)}
 
+
+def _native_id(record: Any, id_path: str | tuple[str, ...] | None) -> Any:
+    if id_path is None:
+        return None
+    if isinstance(id_path, str):
+        return get_path(record, id_path)
+    parts = [get_path(record, p) for p in id_path]
+    if any(p is None or p == "" for p in parts):
+        return None
+    return "/".join(str(p) for p in parts)
+
+
+def required_roots(fm: FieldMap) -> set[str]:
+    """Top-level fields a record must have for this map to find its prompt (absent from every record = a
+    wrong map, not bad rows)."""
+    paths = [fm.conversation] if fm.conversation else (
+        [fm.prompt] if isinstance(fm.prompt, str) else list(fm.prompt or ()))
+    return {p.split(".")[0] for p in paths}

@@ -12,7 +12,13 @@ from typing import Any
 
 import pyarrow as pa
 
-SECTIONS = ("public_reasoning", "qa_seed", "r1_traces", "instruct", "eval")
+# The recipe's sections, in the card's order (partitions, section jobs and the cleaning union all use these).
+PUBLIC_REASONING = "public_reasoning"
+QA_SEED = "qa_seed"
+R1_TRACES = "r1_traces"
+INSTRUCT = "instruct"
+EVAL = "eval"  # evaluation sets: decontamination references, never training rows
+SECTIONS = (PUBLIC_REASONING, QA_SEED, R1_TRACES, INSTRUCT, EVAL)
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 
@@ -84,6 +90,7 @@ class Reason:
     BAD_GOLD = "bad_gold_answer"
     OUT_OF_SCOPE = "out_of_scope"
     OVER_ROW_LIMIT = "over_row_limit"
+    UNPAIRED = "unpaired_question"  # a multi-sample item (ApolloCorpus) whose last question has no answer
 
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -109,6 +116,14 @@ def content_key(*parts: str | None) -> str:
         h.update((part or "").encode("utf-8", "surrogatepass"))
         h.update(b"\x1f")
     return "content:" + h.hexdigest()
+
+
+def response_text(messages: list[dict] | None) -> str:
+    """The response of a sample row: the content of its last assistant turn ("" when there is none)."""
+    for m in reversed(messages or []):
+        if m["role"] == "assistant":
+            return m["content"] or ""
+    return ""
 
 
 def ddl_columns(columns=SAMPLE_COLUMNS_DDL, extra: tuple[tuple[str, str], ...] = ()) -> str:

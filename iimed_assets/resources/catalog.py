@@ -1,4 +1,5 @@
-"""Where each source is read from: the bundled sample (default), the hub, or a local mirror."""
+"""Where each source is read from: the bundled sample (default), the hub (or a local mirror of its file
+tree), or a local file in the source's hub layout."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from iimed_assets.sources.registry import SourceSpec, get_source
 MODES = ("sample", "hub")
 ENV_MODE = "IIMED_SOURCE_MODE"
 ENV_MAX_ROWS = "IIMED_SOURCE_MAX_ROWS"
+ENV_HUB_MIRROR = "IIMED_HUB_MIRROR"
 
 
 def override_env_var(source: str) -> str:
@@ -24,16 +26,24 @@ def override_env_var(source: str) -> str:
 class SourceCatalog(dg.ConfigurableResource):
     """Resolves every registry source to a reader.
 
-    Precedence for one source: `overrides[name]` > `$IIMED_SOURCE_<NAME>` (a local JSONL/Parquet file
-    or folder in the source's hub layout) > `mode` (`$IIMED_SOURCE_MODE`, default `sample`).
+    Precedence for one source: `overrides[name]` > `$IIMED_SOURCE_<NAME>` (a local JSONL/JSON/Parquet file
+    or folder in the source's hub layout) > `mode` (`$IIMED_SOURCE_MODE`, default `sample`). In hub mode,
+    `hub_mirror` (`$IIMED_HUB_MIRROR`) is a folder holding `<owner>/<name>/` copies of the hub repos' file
+    trees (e.g. from `huggingface-cli download --repo-type dataset --local-dir`): every source is then read
+    from there, offline, through the same `datasets.load_dataset` calls as the hub.
     """
 
     mode: str | None = Field(default=None, description="sample | hub; default $IIMED_SOURCE_MODE or sample")
+    hub_mirror: str | None = Field(default=None, description="folder of <owner>/<name> hub repo copies; "
+                                                             "default $IIMED_HUB_MIRROR")
     overrides: dict[str, str] = Field(default_factory=dict, description="source name -> local file or folder")
     max_rows: int | None = Field(default=None, description="read at most this many rows per source (smoke runs)")
     max_row_bytes: int = Field(default=DEFAULT_MAX_ROW_BYTES, description="longer JSONL lines are ledgered as oversize")
     row_bounds: dict[str, list[int]] = Field(
         default_factory=dict, description="source name -> [min, max] rows expected in the partition")
+    field_expects: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="source name -> {field: minimum share}, replacing the registry's declared "
+                                          "field coverage (e.g. for a partial local copy)")
     batch_rows: int = Field(default=5000, description="rows per staged Parquet batch")
 
     def resolved_mode(self) -> str:
@@ -52,6 +62,20 @@ class SourceCatalog(dg.ConfigurableResource):
         path = self.overrides.get(name) or os.environ.get(override_env_var(name))
         return Path(path).expanduser() if path else None
 
+    def resolved_hub_mirror(self) -> Path | None:
+        path = self.hub_mirror or os.environ.get(ENV_HUB_MIRROR)
+        return Path(path).expanduser() if path else None
+
+    def hub_layout(self, name: str) -> bool:
+        """True when `name` is read in its hub layout (hub, hub mirror, local file): the hub expectations apply."""
+        return self.local_override(name) is not None or self.resolved_mode() == "hub"
+
+    def expectations(self, spec: SourceSpec) -> dict[str, float]:
+        """Minimum share of rows per coverage field: configured, else the registry's for the layout read."""
+        if spec.name in self.field_expects:
+            return dict(self.field_expects[spec.name])
+        return spec.expectations(hub_layout=self.hub_layout(spec.name))
+
     def origin(self, name: str) -> str:
         """Where the rows of `name` come from, in words (shown in the UI)."""
         spec = get_source(name)
@@ -59,8 +83,13 @@ class SourceCatalog(dg.ConfigurableResource):
         if local is not None:
             return f"local:{local}"
         if self.resolved_mode() == "hub":
-            return f"hub:{spec.hf_id}" + (f" [{','.join(c for c in spec.configs if c)}]" if spec.config else "") + \
-                f" split={spec.split}"
+            if spec.hf_id is None:
+                return "hub:none (local file only)"
+            mirror = self.resolved_hub_mirror()
+            where = f"hub-mirror:{mirror / spec.hf_id}" if mirror else f"hub:{spec.hf_id}"
+            what = (f" files={','.join(spec.files)}" if spec.files else
+                    (f" [{','.join(c for c in spec.configs if c)}]" if spec.config else "") + f" split={spec.split}")
+            return where + what
         return "sample:" + (", ".join(f"{s.path}[{s.start}:{'' if s.stop is None else s.stop}]"
                                       for s in spec.sample) or "none bundled")
 
@@ -68,16 +97,17 @@ class SourceCatalog(dg.ConfigurableResource):
         spec = get_source(name)
         local = self.local_override(name)
         if local is not None:
-            return iter_local(local, spec.fields, max_row_bytes=self.max_row_bytes)
+            return iter_local(local, max_row_bytes=self.max_row_bytes, spec=spec)
         if self.resolved_mode() == "hub":
-            return iter_hub(spec)
+            return iter_hub(spec, mirror=self.resolved_hub_mirror())
         return iter_sample(spec, max_row_bytes=self.max_row_bytes)
 
     def bounds(self, spec: SourceSpec) -> tuple[int, int | None]:
         """[min, max] rows expected in a partition: configured, else derived from the mode.
 
-        Sample mode expects at least one row from every source with a bundled sample. Hub mode expects
-        at least half the card's count (a truncated download fails the check) and at most twice it.
+        Sample mode expects at least one row from every source with a bundled sample. Hub mode expects the
+        source's real size within its tolerance (`expected_rows` ± `rows_tolerance`): a truncated download or
+        a wrong split fails the check. A source of unknown size only has to deliver rows.
         """
         if spec.name in self.row_bounds:
             lo, hi = (list(self.row_bounds[spec.name]) + [None])[:2]
@@ -88,7 +118,8 @@ class SourceCatalog(dg.ConfigurableResource):
         elif self.resolved_mode() == "sample":
             lo, hi = (1 if spec.sample else 0), None
         elif spec.expected_rows:
-            lo, hi = spec.expected_rows // 2, spec.expected_rows * 2
+            lo = int(spec.expected_rows * (1 - spec.rows_tolerance))
+            hi = int(spec.expected_rows * (1 + spec.rows_tolerance)) + 1
         else:
             lo, hi = 1, None
         if limit is not None:

@@ -1,19 +1,28 @@
 """The DuckDB warehouse: one file, short connections, atomic partition swaps, the row ledger.
 
 DuckDB allows one writing process per file. Stages therefore do their slow work outside any
-connection, stage their output as Parquet, and hold a connection only for the swap; a process that
+connection, stage their output as Parquet, and hold a connection only for short steps; a process that
 finds the file locked waits with jittered exponential backoff instead of failing. That is what lets
 parallel partition runs (multiprocess executor, backfills) share one file.
+
+Every write of a stage's output goes through one helper, `Warehouse.swap`: the new rows, side tables and
+ledger rows are first staged in tables of their own, the stage's blocking checks run on those staged rows,
+and only when none fails does one short transaction swap them in. A failing check (or a crash) leaves the
+previous rows and ledger exactly as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import socket
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 import dagster as dg
 import duckdb
@@ -42,6 +51,16 @@ def default_warehouse_path() -> Path:
     return base / "data" / "warehouse.duckdb"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set lock" in text or "in use" in text)
@@ -49,6 +68,90 @@ def _is_lock_error(exc: BaseException) -> bool:
 
 class WarehouseLockTimeout(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Select:
+    """A table filled from a query (`?` parameters in `params`)."""
+
+    table: str
+    sql: str
+    params: Sequence[Any] = ()
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One atomic replacement: an asset's table (all of it, or with `partition` the rows whose `source` is that
+    partition), the side tables written with it, and the asset's ledger rows (for that partition).
+
+    Ledger rows come from `ledger_sql` (a select of row_id, reason, detail) and/or a staged Parquet file
+    (`ledger_path`), read in the same snapshot as the rows. `ddl` gives the table's columns when the select's own
+    types are not enough (the sample row's NOT NULLs); `setup` statements run first on the staging connection
+    (temporary tables the selects read)."""
+
+    asset: str
+    rows: Select
+    partition: str | None = None
+    ledger_path: Path | None = None
+    ledger_sql: str | None = None
+    ledger_params: Sequence[Any] = ()
+    side_tables: Sequence[Select] = ()
+    ddl: str | None = None
+    setup: Sequence[tuple[str, Sequence[Any]]] = ()
+
+    @classmethod
+    def source_partition(cls, table: str, partition: str, rows_path: Path, ledger_path: Path) -> Swap:
+        """A source partition from the loader's staged Parquet files. Duplicate ids within the staged rows keep
+        their first occurrence; the others are ledgered as `duplicate_id`, with the ordinal of the row kept."""
+        cols = ", ".join(SAMPLE_COLUMN_NAMES)
+        # Duplicates are found on (id, ordinal) only, so the window never carries the row text; scans keep file
+        # order (insertion order).
+        dups = ("CREATE OR REPLACE TEMP TABLE _dup_rows AS SELECT id, _ordinal, _first FROM ("
+                "SELECT id, _ordinal, row_number() OVER (PARTITION BY id ORDER BY _ordinal) AS _rank, "
+                "min(_ordinal) OVER (PARTITION BY id) AS _first FROM read_parquet(?)) WHERE _rank > 1")
+        return cls(
+            asset=table, partition=partition, ledger_path=ledger_path, ddl=ddl_columns(SAMPLE_COLUMNS_DDL),
+            setup=[(dups, [str(rows_path)])],
+            rows=Select(table, f"SELECT {cols} FROM read_parquet(?) WHERE _ordinal NOT IN "
+                               "(SELECT _ordinal FROM _dup_rows)", [str(rows_path)]),
+            ledger_sql="SELECT id AS row_id, 'duplicate_id' AS reason, 'same id as input row ' || _first || "
+                       "' (kept); this is row ' || _ordinal AS detail FROM _dup_rows ORDER BY _ordinal")
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A swap's rows while they wait for their checks: tables of their own, queried like the real ones (`table`
+    holds only the swapped partition's rows; `ledger` the asset's new ledger rows, with the ledger's columns)."""
+
+    table: str
+    ledger: str
+    side: Mapping[str, str] = field(default_factory=dict)  # side table -> its staged copy
+
+    def count(self, warehouse: Warehouse) -> int:
+        return int(warehouse.fetch_one(f"SELECT count(*) FROM {self.table}")[0])
+
+    def ledger_counts(self, warehouse: Warehouse) -> dict[str, int]:
+        return dict(warehouse.fetch(f"SELECT reason, count(*) FROM {self.ledger} GROUP BY 1 ORDER BY 2 DESC, 1"))
+
+
+class SwapBlocked(RuntimeError):
+    """A blocking check failed on the staged rows: nothing was swapped."""
+
+    def __init__(self, asset: str, results: Sequence[Any], failed: Sequence[Any]) -> None:
+        names = ", ".join(r.check_name for r in failed)
+        super().__init__(f"{asset}: blocking check(s) {names} failed on the staged rows; the previous rows and "
+                         "ledger are kept")
+        self.results, self.failed = list(results), list(failed)
+
+
+def blocking_failures(results: Sequence[Any], blocking: Collection[str]) -> list[Any]:
+    """The results that stop a swap: a failed check of `blocking` at severity ERROR (a failed WARN never blocks,
+    as in Dagster)."""
+    return [r for r in results if r.check_name in blocking and not r.passed
+            and r.severity == dg.AssetCheckSeverity.ERROR]
+
+
+STAGED_SWAPS = "staged_swaps"  # staged tables not yet swapped in, with the process that staged them
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -73,7 +176,7 @@ class Warehouse(dg.ConfigurableResource):
         return path
 
     @contextlib.contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection; waits (with backoff) while another process holds the file."""
         db = self.database
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +188,7 @@ class Warehouse(dg.ConfigurableResource):
         delay = 0.05
         while True:
             try:
-                # A read-only open of a file that does not exist yet fails: create it first.
-                ro = read_only and db.exists()
-                con = duckdb.connect(str(db), read_only=ro, config=config)
+                con = duckdb.connect(str(db), config=config)
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
@@ -105,142 +206,154 @@ class Warehouse(dg.ConfigurableResource):
     # ---- schema -------------------------------------------------------------------------------
 
     @staticmethod
-    def ensure_sample_table(con: duckdb.DuckDBPyConnection, table: str,
-                            extra: Sequence[tuple[str, str]] = ()) -> None:
-        con.execute(f"CREATE TABLE IF NOT EXISTS {check_identifier(table)} ({ddl_columns(SAMPLE_COLUMNS_DDL, tuple(extra))})")
-
-    @staticmethod
     def ensure_ledger(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} ({ddl_columns(LEDGER_COLUMNS_DDL)})")
 
-    # ---- the partition swap --------------------------------------------------------------------
+    # ---- the swap -------------------------------------------------------------------------------
 
-    def replace_source_partition(
-        self,
-        *,
-        table: str,
-        asset: str,
-        partition: str,
-        rows_path: Path,
-        ledger_path: Path,
-        run_id: str | None,
-    ) -> None:
-        """Replace one source partition's rows and ledger entries in a single transaction.
+    def swap(self, change: Swap, *, run_id: str | None,
+             checks: Callable[[Staged], Sequence[Any]] | None = None,
+             blocking: Collection[str] = ()) -> list[Any]:
+        """Replace `change.rows.table` (or one partition of it), its side tables and the asset's ledger rows.
 
-        Duplicate ids within the staged rows keep their first occurrence; the others are ledgered as
-        `duplicate_id`, with the ordinal of the row that was kept. A failure rolls everything back, so
-        the previous rows stay in place.
-        """
-        table = check_identifier(table)
-        cols = ", ".join(SAMPLE_COLUMN_NAMES)
-        staged = "read_parquet(?)"
+        1. stage: the selects are written to staged tables, in one transaction (one snapshot of the inputs);
+        2. check: `checks(staged)` evaluates the stage's checks on the staged rows (short connections);
+        3. swap: when no check in `blocking` failed at ERROR, one short transaction moves the staged rows in
+           (a whole table is renamed into place; a partition replaces the old partition's rows) and replaces
+           the ledger rows. Otherwise SwapBlocked is raised and the previous rows and ledger stay as they were.
+        Staged tables are dropped on every way out; a killed run's are dropped by the next swap of the same
+        asset and partition. Returns the check results."""
+        targets = [change.rows, *change.side_tables]
+        token = uuid.uuid4().hex[:12]
+        staged = Staged(table=f"_staged_{token}_0", ledger=f"_staged_{token}_ledger",
+                        side={t.table: f"_staged_{token}_{k}" for k, t in enumerate(targets) if k})
+        names = [staged.table, *staged.side.values()]
+        partition = change.partition or "all"
+        try:
+            self._stage(change, staged, names, token, run_id)
+            results = list(checks(staged)) if checks else []
+            failed = blocking_failures(results, blocking)
+            if failed:
+                raise SwapBlocked(change.asset, results, failed)
+            with self.connect() as con:
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    for target, name in zip(targets, names):
+                        self._move_in(con, change, check_identifier(target.table), name)
+                    if change.partition is None:
+                        con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ?", [change.asset])
+                    else:
+                        con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?",
+                                    [change.asset, partition])
+                    con.execute(f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
+                                f"SELECT asset, partition, row_id, reason, detail, run_id FROM {staged.ledger}")
+                    con.execute(f"DROP TABLE {staged.ledger}")
+                    con.execute(f"DELETE FROM {STAGED_SWAPS} WHERE token = ?", [token])
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            return results
+        finally:
+            self._drop_staged(token, [*names, staged.ledger])
+
+    def _stage(self, change: Swap, staged: Staged, names: list[str], token: str, run_id: str | None) -> None:
+        partition = change.partition or "all"
         with self.connect() as con:
-            self.ensure_sample_table(con, table)
             self.ensure_ledger(con)
+            con.execute(f"CREATE TABLE IF NOT EXISTS {STAGED_SWAPS} (token VARCHAR, asset VARCHAR, partition VARCHAR, "
+                        "tables VARCHAR[], host VARCHAR, pid INTEGER, staged_at TIMESTAMP DEFAULT current_timestamp)")
+            self._drop_stale(con, change.asset, partition)
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"DELETE FROM {table} WHERE source = ?", [partition])
-                con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?", [asset, partition])
-                # Find duplicates on (id, ordinal) only, so the window never carries the row text;
-                # then stream the rows in, skipping them. Scans keep file order (insertion order).
-                con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _dup_rows AS SELECT id, _ordinal, _first FROM ("
-                    "SELECT id, _ordinal, row_number() OVER (PARTITION BY id ORDER BY _ordinal) AS _rank, "
-                    f"min(_ordinal) OVER (PARTITION BY id) AS _first FROM {staged}) WHERE _rank > 1",
-                    [str(rows_path)])
-                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staged} "
-                            "WHERE _ordinal NOT IN (SELECT _ordinal FROM _dup_rows)", [str(rows_path)])
-                con.execute(
-                    f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
-                    "SELECT ?, ?, id, 'duplicate_id', 'same id as input row ' || _first || ' (kept); this is row ' "
-                    "|| _ordinal, ? FROM _dup_rows ORDER BY _ordinal", [asset, partition, run_id])
-                con.execute("DROP TABLE _dup_rows")
-                con.execute(
-                    f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
-                    f"SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
-                    [asset, partition, run_id, str(ledger_path)])
+                con.execute(f"INSERT INTO {STAGED_SWAPS} (token, asset, partition, tables, host, pid) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            [token, change.asset, partition, [*names, staged.ledger], socket.gethostname(),
+                             os.getpid()])
+                for sql, args in change.setup:
+                    con.execute(sql, list(args))
+                for k, (target, name) in enumerate(zip([change.rows, *change.side_tables], names)):
+                    if k == 0 and change.ddl:
+                        con.execute(f"CREATE TABLE {name} ({change.ddl})")
+                        con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM ({target.sql})", list(target.params))
+                    else:
+                        con.execute(f"CREATE TABLE {name} AS {target.sql}", list(target.params))
+                con.execute(f"CREATE TABLE {staged.ledger} ({ddl_columns(LEDGER_COLUMNS_DDL)})")
+                insert = (f"INSERT INTO {staged.ledger} (asset, partition, row_id, reason, detail, run_id) "
+                          "SELECT ?, ?, row_id, reason, detail, ? FROM ")
+                if change.ledger_sql is not None:
+                    con.execute(insert + f"({change.ledger_sql})", [change.asset, partition, run_id,
+                                                                    *change.ledger_params])
+                if change.ledger_path is not None:
+                    con.execute(insert + "read_parquet(?)", [change.asset, partition, run_id, str(change.ledger_path)])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
 
-    def replace_stage_partition(
-        self,
-        *,
-        table: str,
-        asset: str,
-        partition: str,
-        select_sql: str,
-        params: Sequence[Any],
-        ledger_path: Path,
-        run_id: str | None,
-        side_tables: Sequence[tuple[str, str, Sequence[Any]]] = (),
-    ) -> None:
-        """Replace one partition of a stage table with the rows of `select_sql`, in one transaction.
+    @staticmethod
+    def _move_in(con: duckdb.DuckDBPyConnection, change: Swap, table: str, staged: str) -> None:
+        """Inside the swap transaction: a whole table is renamed into place, a partition's rows are replaced."""
+        if change.partition is None:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(f"ALTER TABLE {staged} RENAME TO {table}")
+            return
+        if change.ddl and table == change.rows.table:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({change.ddl})")
+        else:
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} AS SELECT * FROM {staged} LIMIT 0")
+        con.execute(f"DELETE FROM {table} WHERE source = ?", [change.partition])
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staged}")
+        con.execute(f"DROP TABLE {staged}")
 
-        The table is created from the select's own column types the first time. `select_sql` must yield
-        only rows of `partition` (its `source` column); the stage's ledger rows replace the old ones.
-        `side_tables` are (table, select_sql, params) triples swapped in the same transaction: a stage's
-        per-item detail table (e.g. one verdict per sampled response) never disagrees with its rows.
-        """
-        targets = [(check_identifier(table), select_sql, list(params))]
-        targets += [(check_identifier(t), sql, list(p)) for t, sql, p in side_tables]
+    @staticmethod
+    def _drop_stale(con: duckdb.DuckDBPyConnection, asset: str, partition: str) -> None:
+        """Staged tables of the same asset and partition left by a process that is gone (killed mid-swap): on this
+        host, its pid is no longer running; elsewhere, staged more than a day ago."""
+        here = socket.gethostname()
+        for token, tables, host, pid, age_s in con.execute(
+                f"SELECT token, tables, host, pid, epoch(current_timestamp::TIMESTAMP - staged_at) FROM {STAGED_SWAPS} "
+                "WHERE asset = ? AND partition = ?", [asset, partition]).fetchall():
+            if (host == here and not _pid_alive(pid)) or (host != here and age_s > 86_400):
+                for name in tables:
+                    con.execute(f"DROP TABLE IF EXISTS {check_identifier(name)}")
+                con.execute(f"DELETE FROM {STAGED_SWAPS} WHERE token = ?", [token])
+
+    def _drop_staged(self, token: str, names: list[str]) -> None:
         with self.connect() as con:
-            self.ensure_ledger(con)
-            for name, sql, args in targets:
-                con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT * FROM ({sql}) LIMIT 0", args)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for name, sql, args in targets:
-                    con.execute(f"DELETE FROM {name} WHERE source = ?", [partition])
-                    con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM ({sql})", args)
-                con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ? AND partition = ?", [asset, partition])
-                con.execute(
-                    f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
-                    "SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
-                    [asset, partition, run_id, str(ledger_path)])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            for name in names:
+                con.execute(f"DROP TABLE IF EXISTS {name}")
+            if self._has_table(con, STAGED_SWAPS):
+                con.execute(f"DELETE FROM {STAGED_SWAPS} WHERE token = ?", [token])
+
+    @staticmethod
+    def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+        return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                                [table]).fetchone()[0])
+
+    # Compatibility entry points for the section assets until they pass their checks to `swap` (issue 21.1).
+
+    def replace_source_partition(self, *, table: str, asset: str, partition: str, rows_path: Path,
+                                 ledger_path: Path, run_id: str | None) -> None:
+        assert asset == table, "a source asset's table has its name"
+        self.swap(Swap.source_partition(table, partition, rows_path, ledger_path), run_id=run_id)
+
+    def replace_stage_partition(self, *, table: str, asset: str, partition: str, select_sql: str,
+                                params: Sequence[Any], ledger_path: Path, run_id: str | None,
+                                side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
+        self.swap(Swap(asset, Select(table, select_sql, params), partition=partition, ledger_path=ledger_path,
+                       side_tables=[Select(*t) for t in side_tables]), run_id=run_id)
 
     def replace_table(self, *, table: str, asset: str, select_sql: str, params: Sequence[Any],
-                      ledger_path: Path | None, run_id: str | None, partition: str = "all",
-                      ledger_sql: str | None = None, ledger_params: Sequence[Any] = (),
+                      ledger_path: Path | None, run_id: str | None, ledger_sql: str | None = None,
+                      ledger_params: Sequence[Any] = (),
                       side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
-        """Replace a whole (unpartitioned) stage table and its ledger rows in one transaction. Ledger rows come
-        from a staged Parquet file and/or `ledger_sql` (a select of row_id, reason, detail), in the same
-        transaction, so they are read from the same snapshot as the table. `side_tables` are (table,
-        select_sql, params) replaced in the same transaction (e.g. cluster centroids beside assignments)."""
-        targets = [(check_identifier(table), select_sql, list(params))]
-        targets += [(check_identifier(t), sql, list(p)) for t, sql, p in side_tables]
-        with self.connect() as con:
-            self.ensure_ledger(con)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                for name, sql, args in targets:
-                    con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}", args)
-                con.execute(f"DELETE FROM {LEDGER_TABLE} WHERE asset = ?", [asset])
-                if ledger_path is not None:
-                    con.execute(
-                        f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
-                        "SELECT ?, ?, row_id, reason, detail, ? FROM read_parquet(?)",
-                        [asset, partition, run_id, str(ledger_path)])
-                if ledger_sql is not None:
-                    con.execute(
-                        f"INSERT INTO {LEDGER_TABLE} (asset, partition, row_id, reason, detail, run_id) "
-                        f"SELECT ?, ?, row_id, reason, detail, ? FROM ({ledger_sql})",
-                        [asset, partition, run_id, *ledger_params])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        self.swap(Swap(asset, Select(table, select_sql, params), ledger_path=ledger_path, ledger_sql=ledger_sql,
+                       ledger_params=ledger_params, side_tables=[Select(*t) for t in side_tables]), run_id=run_id)
 
     def record_stage(self, asset: str, run_id: str | None, params: dict, stats: dict) -> None:
         """Remember the parameters and headline numbers of a stage's last materialization in the warehouse
         itself (the dataset card is written from here, whatever Dagster instance ran the stage)."""
-        import json
-
         with self.connect() as con:
             con.execute("CREATE TABLE IF NOT EXISTS stage_runs (asset VARCHAR PRIMARY KEY, run_id VARCHAR, "
                         "params JSON, stats JSON, recorded_at TIMESTAMP DEFAULT current_timestamp)")
@@ -249,8 +362,6 @@ class Warehouse(dg.ConfigurableResource):
                         [asset, run_id, json.dumps(params, default=str), json.dumps(stats, default=str)])
 
     def stage_record(self, asset: str) -> tuple[dict, dict]:
-        import json
-
         if not self.table_exists("stage_runs"):
             return {}, {}
         row = self.fetch_one("SELECT params, stats FROM stage_runs WHERE asset = ?", [asset])
@@ -260,40 +371,34 @@ class Warehouse(dg.ConfigurableResource):
         row = self.fetch_one("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])
         return bool(row and row[0])
 
-    def iter_ordered(self, sql_from: str, columns: Sequence[str], order_col: str, params: Sequence[Any] = (),
-                     batch_rows: int = 2000):
-        """Keyset-paginated read of `SELECT columns FROM sql_from` by an integer `order_col`, batch by batch, each
-        in its own short connection."""
-        cols = ", ".join(check_identifier(c) for c in columns)
-        order_col = check_identifier(order_col)
-        last = -1
+    def iter_keyset(self, table: str, columns: Sequence[str], key: str, *, where: str | None = None,
+                    params: Sequence[Any] = (), batch_rows: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """`SELECT columns FROM table [WHERE where]` in `key` order, `batch_rows` at a time (keyset pagination on a
+        unique key: integer or text), each batch in its own short connection, so slow work on a batch never holds
+        the DuckDB lock. Rows are dicts; the key is always among their columns."""
+        table, key = check_identifier(table), check_identifier(key)
+        names = [check_identifier(c) for c in columns]
+        cols = ", ".join(names if key in names else [*names, key])
+        last = None
         while True:
+            conds = [f"({where})"] if where else []
+            args = list(params)
+            if last is not None:
+                conds.append(f"{key} > ?")
+                args.append(last)
+            sql = f"SELECT {cols} FROM {table}" + (" WHERE " + " AND ".join(conds) if conds else "")
             with self.connect() as con:
-                cur = con.execute(f"SELECT {cols} FROM {sql_from} WHERE {order_col} > ? ORDER BY {order_col} LIMIT ?",
-                                  [*params, last, batch_rows])
-                names = [d[0] for d in cur.description]
-                rows = [dict(zip(names, r)) for r in cur.fetchall()]
+                cur = con.execute(f"{sql} ORDER BY {key} LIMIT ?", [*args, batch_rows])
+                fields = [d[0] for d in cur.description]
+                rows = [dict(zip(fields, r)) for r in cur.fetchall()]
             if not rows:
                 return
             yield rows
-            last = rows[-1][order_col]
+            last = rows[-1][key]
 
     def iter_partition(self, table: str, partition: str, columns: Sequence[str], batch_rows: int = 256):
-        """Yield one partition's rows in id order, `batch_rows` at a time, each batch in its own short
-        connection (keyset pagination), so slow per-batch work never holds the DuckDB lock."""
-        table = check_identifier(table)
-        cols = ", ".join(check_identifier(c) for c in columns)
-        last = ""
-        while True:
-            with self.connect() as con:
-                cur = con.execute(f"SELECT {cols} FROM {table} WHERE source = ? AND id > ? ORDER BY id LIMIT ?",
-                                  [partition, last, batch_rows])
-                names = [d[0] for d in cur.description]
-                rows = [dict(zip(names, r)) for r in cur.fetchall()]
-            if not rows:
-                return
-            yield rows
-            last = rows[-1]["id"]
+        """One partition's rows in id order (`iter_keyset` on `id` where `source` = partition)."""
+        return self.iter_keyset(table, columns, "id", where="source = ?", params=[partition], batch_rows=batch_rows)
 
     # ---- reads -------------------------------------------------------------------------------
 

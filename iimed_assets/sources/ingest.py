@@ -3,6 +3,10 @@
 Slow work (reading, parsing, normalising) happens here, outside any DuckDB connection; the warehouse
 then swaps the staged files into its tables in one short transaction. Memory stays flat: rows are
 buffered `batch_rows` at a time and written out.
+
+Counting: one native item gives one outcome, or several (an ApolloCorpus item holds several question/answer
+pairs), and every outcome is either a staged row or a ledger row. So `rows_in` = items read + the extra
+outcomes of multi-sample items = rows staged + ledger rows; the warehouse then ledgers duplicate ids.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Callable, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from iimed_assets.core.normalize import FieldMap, RowRejected, missing_fields, normalize_record
+from iimed_assets.core.coverage import FieldCoverage
+from iimed_assets.core.normalize import RowRejected, normalize_record, required_roots
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA
 from iimed_assets.sources.loaders import RawItem
+from iimed_assets.sources.records import hub_outcomes, required_fields
 
 STAGED_ROW_SCHEMA = SAMPLE_SCHEMA.append(pa.field("_ordinal", pa.int64()))
 
@@ -31,10 +37,17 @@ class FieldMappingError(ValueError):
 class IngestResult:
     rows_path: Path
     ledger_path: Path
-    rows_read: int = 0
+    rows_read: int = 0  # native items read (records, lines, Apollo lists)
+    rows_from_expansion: int = 0  # outcomes beyond the first of multi-sample items (Apollo pairs 2..n)
     rows_staged: int = 0
     rejected: Counter = field(default_factory=Counter)
+    coverage: FieldCoverage = field(default_factory=FieldCoverage)
     seconds: float = 0.0
+
+    @property
+    def rows_in(self) -> int:
+        """Outcomes to account for: items read + extra rows of multi-sample items = staged + ledgered."""
+        return self.rows_read + self.rows_from_expansion
 
     @property
     def rows_per_s(self) -> float:
@@ -94,22 +107,23 @@ def ingest(
                 break
             result.rows_read += 1
             if item.error is None:
-                probe = probes.get(id(item.fields))
+                key = id(item.spec) if item.spec is not None else id(item.fields)
+                probe = probes.get(key)
                 if probe is None:
-                    probe = probes[id(item.fields)] = _MappingProbe(item.fields, source)
+                    probe = probes[key] = _MappingProbe(item, source)
                 probe.see(item)
-            try:
-                if item.error is not None:
-                    raise RowRejected(*item.error)
-                row = normalize_record(item.record, item.fields, source=source, section=section,
-                                       fallback_native_id=item.fallback_id, native_prefix=item.native_prefix)
-            except RowRejected as rej:
-                result.rejected[rej.reason] += 1
-                ledger.add({"row_id": item.locator, "reason": rej.reason, "detail": rej.detail[:500]})
-                continue
-            row["_ordinal"] = result.rows_read
-            rows.add(row)
-            result.rows_staged += 1
+            outcomes = _outcomes(item, source, section)
+            result.rows_from_expansion += len(outcomes) - 1
+            for k, outcome in enumerate(outcomes):
+                locator = item.locator if len(outcomes) == 1 else f"{item.locator}#{k}"
+                if isinstance(outcome, RowRejected):
+                    result.rejected[outcome.reason] += 1
+                    ledger.add({"row_id": locator, "reason": outcome.reason, "detail": outcome.detail[:500]})
+                    continue
+                result.coverage.add(outcome)
+                outcome["_ordinal"] = result.rows_in - len(outcomes) + k + 1
+                rows.add(outcome)
+                result.rows_staged += 1
             if progress is not None and result.rows_read % progress_every == 0:
                 progress(result.rows_read, time.perf_counter() - started)
         for probe in probes.values():
@@ -121,6 +135,19 @@ def ingest(
     return result
 
 
+def _outcomes(item: RawItem, source: str, section: str) -> list[dict | RowRejected]:
+    """What one item becomes: hub-layout items through the hub conversion, sample items through their map."""
+    if item.error is not None:
+        return [RowRejected(*item.error)]
+    if item.spec is not None:
+        return hub_outcomes(item.spec, item.record)
+    try:
+        return [normalize_record(item.record, item.fields, source=source, section=section,
+                                 fallback_native_id=item.fallback_id, native_prefix=item.native_prefix)]
+    except RowRejected as rej:
+        return [rej]
+
+
 class _MappingProbe:
     """Tells a wrong field map (every record lacks the prompt field) from a few bad rows.
 
@@ -130,18 +157,24 @@ class _MappingProbe:
 
     window = 100
 
-    def __init__(self, fields: FieldMap, source: str):
-        self.fields, self.source = fields, source
-        self.required = _required_roots(fields)
+    def __init__(self, first: RawItem, source: str):
+        self.source = source
+        self.required = required_fields(first.spec) if first.spec is not None else required_roots(first.fields)
+        self.where = ("the hub layout of registry entry " + repr(first.spec.name)) if first.spec is not None \
+            else "the field map"
         self.seen = self.missing = 0
         self.example: RawItem | None = None
+
+    def _hard(self, record) -> list[str]:
+        if not isinstance(record, dict):
+            return []
+        return sorted(f for f in self.required if not any(alt in record for alt in f.split("|")))
 
     def see(self, item: RawItem) -> None:
         if self.seen >= self.window:
             return
         self.seen += 1
-        hard = [m for m in missing_fields(item.record, self.fields) if m in self.required]
-        if hard:
+        if self._hard(item.record):
             self.missing += 1
             self.example = self.example or item
         if self.seen == self.window:
@@ -151,20 +184,22 @@ class _MappingProbe:
         if self.seen and self.missing == self.seen and self.example is not None:
             rec = self.example.record
             keys = ", ".join(sorted(rec)[:30]) if isinstance(rec, dict) else type(rec).__name__
-            hard = [m for m in missing_fields(rec, self.fields) if m in self.required]
             raise FieldMappingError(
-                f"source {self.source!r}: none of the first {self.seen} records has the mapped field(s) {hard} "
-                f"(e.g. {self.example.locator} has: {keys}). Fix the field map in "
-                "iimed_assets/sources/registry.py or point the source at a file with that layout.")
+                f"source {self.source!r}: none of the first {self.seen} records has the field(s) "
+                f"{self._hard(rec)} that {self.where} reads (e.g. {self.example.locator} has: {keys}). Fix the "
+                "entry in iimed_assets/sources/registry.py or point the source at a file with that layout.")
 
 
-def _required_roots(fm: FieldMap) -> set[str]:
-    paths = []
-    if fm.conversation:
-        paths.append(fm.conversation)
-    elif isinstance(fm.prompt, str):
-        paths.append(fm.prompt)
-    elif isinstance(fm.prompt, tuple):
-        paths.extend(fm.prompt)
-    return {p.split(".")[0] for p in paths}
+def staged_duplicates(rows_path: Path, examples: int = 3) -> tuple[int, list[tuple[str, int]]]:
+    """Rows whose id repeats an earlier staged row (what the swap will ledger as `duplicate_id`), and the
+    most repeated ids. Read from the staged file by an in-memory DuckDB, before any swap."""
+    import duckdb
 
+    con = duckdb.connect()
+    try:
+        dup = con.execute("SELECT count(*) - count(DISTINCT id) FROM read_parquet(?)", [str(rows_path)]).fetchone()[0]
+        top = con.execute("SELECT id, count(*) AS n FROM read_parquet(?) GROUP BY id HAVING n > 1 "
+                          "ORDER BY n DESC, id LIMIT ?", [str(rows_path), examples]).fetchall()
+    finally:
+        con.close()
+    return int(dup), [(i, int(n)) for i, n in top]
