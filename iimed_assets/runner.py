@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import dagster as dg
 
@@ -48,26 +48,29 @@ def planned_steps(assets: Sequence[dg.AssetsDefinition],
 def materialize_in_order(assets: Sequence[dg.AssetsDefinition], *, instance: dg.DagsterInstance,
                          resources: dict, partitions: Sequence[str] | None = None,
                          log: Callable[[str], None] = print, tags: dict[str, str] | None = None,
-                         ) -> list[PartitionOutcome]:
-    """Run every step in order. First, pool slots held by dead runs of this instance are freed (a killed earlier
-    run would block the `gpu` pool for good: there is no daemon here to notice). An interrupted run (SIGTERM,
-    Ctrl-C) stops the sequence."""
+                         config: Mapping[str, Mapping[str, Any]] | None = None) -> list[PartitionOutcome]:
+    """Run every step in order. `config`: asset name -> config values that override that stage's defaults (the
+    profile's) in its runs. First, pool slots held by dead runs of this instance are freed (a killed earlier run
+    would block the `gpu` pool for good: there is no daemon here to notice). An interrupted run (SIGTERM, Ctrl-C)
+    stops the sequence."""
     release_dead_runs(instance, log)
     steps = planned_steps(assets, partitions)
+    config = config or {}
     outcomes: list[PartitionOutcome] = []
     started_all = time.perf_counter()
     run_tags = {**(tags or {}), HOST_TAG: socket.gethostname()}  # lets a later run judge whether this one died
     for i, (asset, key) in enumerate(steps, 1):
         name = asset.key.to_user_string()
         started = time.perf_counter()
+        run_config = {"ops": {asset.op.name: {"config": dict(config[name])}}} if name in config else None
         result = dg.materialize([asset], partition_key=key, instance=instance, resources=resources,
-                                raise_on_error=False, tags=run_tags)
+                                raise_on_error=False, tags=run_tags, run_config=run_config)
         rows: object = "-"
         for event in result.get_asset_materialization_events():
             md = event.materialization.metadata
             if "dagster/row_count" in md:
                 rows = md["dagster/row_count"].value
-        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        failed = [e for e in _check_evaluations(instance, result.run_id) if not e.passed]
         failed_checks = [e.check_name for e in failed if e.severity == dg.AssetCheckSeverity.ERROR]
         warned = [e.check_name for e in failed if e.severity == dg.AssetCheckSeverity.WARN]
         status = "FAILED" if not result.success or failed_checks else ("warn" if warned else "ok")
@@ -81,6 +84,13 @@ def materialize_in_order(assets: Sequence[dg.AssetsDefinition], *, instance: dg.
             log(f"interrupted: stopping after {name}[{key}] ({len(steps) - i} step(s) not run)")
             break
     return outcomes
+
+
+def _check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list:
+    """Every check the run evaluated, from its event log: a blocked swap fails the step before there is a
+    MaterializeResult, and its checks are only there."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return [r.event_log_entry.dagster_event.event_specific_data for r in records]
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
