@@ -53,7 +53,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 
 def run_streaming(path: str, db: str) -> dict:
     from iimed_assets.resources.catalog import SourceCatalog
-    from iimed_assets.resources.warehouse import Warehouse
+    from iimed_assets.resources.warehouse import Swap, Warehouse
     from iimed_assets.sources.ingest import ingest
 
     t0 = time.perf_counter()
@@ -62,9 +62,8 @@ def run_streaming(path: str, db: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         res = ingest(catalog.read("healthcaremagic"), source="healthcaremagic", section="instruct",
                      staging_dir=Path(tmp), batch_rows=catalog.batch_rows)
-        wh.replace_source_partition(table="instruct_prompt_rows", asset="instruct_prompt_rows",
-                                    partition="healthcaremagic", rows_path=res.rows_path,
-                                    ledger_path=res.ledger_path, run_id="bench")
+        wh.swap(Swap.source_partition("instruct_prompt_rows", "healthcaremagic", res.rows_path, res.ledger_path),
+                run_id="bench")
     written = wh.fetch_one("SELECT count(*) FROM instruct_prompt_rows")[0]
     return {"rows": res.rows_read, "written": written, "seconds": time.perf_counter() - t0}
 

@@ -367,26 +367,6 @@ class Warehouse(dg.ConfigurableResource):
         return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
                                 [table]).fetchone()[0])
 
-    # Compatibility entry points for the section assets until they pass their checks to `swap` (issue 21.1).
-
-    def replace_source_partition(self, *, table: str, asset: str, partition: str, rows_path: Path,
-                                 ledger_path: Path, run_id: str | None) -> None:
-        assert asset == table, "a source asset's table has its name"
-        self.swap(Swap.source_partition(table, partition, rows_path, ledger_path), run_id=run_id)
-
-    def replace_stage_partition(self, *, table: str, asset: str, partition: str, select_sql: str,
-                                params: Sequence[Any], ledger_path: Path, run_id: str | None,
-                                side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
-        self.swap(Swap(asset, Select(table, select_sql, params), partition=partition, ledger_path=ledger_path,
-                       side_tables=[Select(*t) for t in side_tables]), run_id=run_id)
-
-    def replace_table(self, *, table: str, asset: str, select_sql: str, params: Sequence[Any],
-                      ledger_path: Path | None, run_id: str | None, ledger_sql: str | None = None,
-                      ledger_params: Sequence[Any] = (),
-                      side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
-        self.swap(Swap(asset, Select(table, select_sql, params), ledger_path=ledger_path, ledger_sql=ledger_sql,
-                       ledger_params=ledger_params, side_tables=[Select(*t) for t in side_tables]), run_id=run_id)
-
     def record_stage(self, asset: str, run_id: str | None, params: dict, stats: dict) -> None:
         """Remember the parameters and headline numbers of a stage's last materialization in the warehouse
         itself (the dataset card is written from here, whatever Dagster instance ran the stage)."""

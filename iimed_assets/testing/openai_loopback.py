@@ -183,8 +183,10 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--no-n", action="store_true", help="ignore n (answer one choice), like llama.cpp's server")
     ap.add_argument("--seconds", type=float, default=600.0, help="stop after this long (bounded by design)")
+    ap.add_argument("--hang", action="store_true", help="accept every request and never answer (a hung server)")
     args = ap.parse_args()
-    with LoopbackOpenAI(latency_s=args.latency, supports_n=not args.no_n) as server:
+    script = (lambda call: Reply.hang(args.seconds)) if args.hang else None
+    with LoopbackOpenAI(latency_s=args.latency, supports_n=not args.no_n, script=script) as server:
         print(server.url, flush=True)
         deadline = time.time() + args.seconds
         try:
@@ -192,8 +194,8 @@ def main() -> None:
                 line = sys.stdin.readline()
                 if not line or line.strip() == "quit":
                     break
-                if line.strip() == "count":
-                    print(server.requests, server.max_in_flight, flush=True)
+                if line.strip() == "count":  # requests received, most in flight at once, samples answered
+                    print(server.requests, server.max_in_flight, server.answered_samples, flush=True)
         except KeyboardInterrupt:
             pass
 
