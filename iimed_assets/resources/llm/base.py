@@ -103,7 +103,9 @@ class LLMResource(RoleResource):
     max_attempts: int = Field(default=3, description="an empty or failed sample is asked again by later runs until "
                                                      "it was tried this many times (timeouts, 5xx and 429 never "
                                                      "count); then it is final")
-    send_batch: int = Field(default=256, description="samples claimed and sent between two durable cache writes")
+    send_batch: int = Field(default=4096, description="samples claimed and sent per batch (at least 8 rounds of the "
+                                                      "backend's concurrency): a concurrent run of the same "
+                                                      "partition takes the next batch")
     claim_lease_s: float = Field(default=120.0, description="a concurrent run takes over this run's claimed samples "
                                                            "when its heartbeat is older than this")
     claim_poll_s: float = Field(default=2.0, description="how often a run waiting for a concurrent run's answers "
@@ -126,6 +128,10 @@ class LLMResource(RoleResource):
         return self.structured_outputs and not self._structured_rejected
 
     # ---- the shared loop ------------------------------------------------------------------------
+
+    def parallel_requests(self) -> int:
+        """Requests the backend runs at once (sizes the batches)."""
+        return 1
 
     def before_send(self, work: list[WorkItem], stats: UsageStats, log: Log | None) -> None:
         """Hook, called before each batch of requests is sent (after the previous batch is durable in the cache).
@@ -222,9 +228,11 @@ class LLMResource(RoleResource):
         pending = list(todo)
         waiting: list[str] = []  # keys another live run claimed: answered there, read from the cache here
         last_look = 0.0
+        # big enough that the barrier at the end of a batch (its slowest request) costs little throughput
+        size = max(self.send_batch, 8 * self.parallel_requests() * max((r.n for r in requests), default=1))
         while pending or waiting:
             if pending:
-                batch, pending = pending[:self.send_batch], pending[self.send_batch:]
+                batch, pending = pending[:size], pending[size:]
                 batch = self._not_answered_elsewhere(batch, known, store, fill, stats)
                 mine, theirs = claims.claim(batch)
                 waiting.extend(theirs)

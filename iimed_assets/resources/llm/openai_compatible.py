@@ -80,6 +80,9 @@ class OpenAICompatibleLLM(LLMResource):
     def _run(self, work: list[WorkItem], on_done: OnDone, stats: UsageStats) -> None:
         asyncio.run(self._run_async(work, on_done, stats))
 
+    def parallel_requests(self) -> int:
+        return self.max_concurrency * len(self.server_urls())
+
     def attempt_timeout(self, max_tokens: int) -> float:
         """Seconds one attempt may take: enough to generate `max_tokens` at `min_tokens_per_s` after a first token."""
         if self.timeout_s is not None:
