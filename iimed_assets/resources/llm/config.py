@@ -3,7 +3,8 @@
     IIMED_<ROLE>_BACKEND=llamacpp|openai|vllm|embedding      ROLE = GENERATOR | CLASSIFIER | JUDGE
     IIMED_<ROLE>_MODEL, _BASE_URL (comma-separated: a fleet), _API_KEY_ENV (the *name* of the variable holding
     the key), _MAX_CONCURRENCY, _MAX_TOKENS, _TENSOR_PARALLEL, _USD_PER_1M_PROMPT, _USD_PER_1M_COMPLETION,
-    _STRUCTURED_OUTPUTS (0/1), _THREADS (llamacpp)
+    _STRUCTURED_OUTPUTS (0/1), _THREADS (llamacpp), _MAX_USD_STAGE, _MAX_USD_RUN (budget caps; or for every role
+    IIMED_MAX_USD_STAGE, IIMED_MAX_USD_RUN)
 
 This is the one place where the roles read the environment; it runs when the definitions are built.
 """
@@ -51,6 +52,16 @@ def role_with_env(role: str, spec: Role, env: Mapping[str, str] | None = None) -
     return replace(spec, **changes)
 
 
+def spend_caps(role: str, env: Mapping[str, str]) -> dict[str, float]:
+    """`max_usd_stage` / `max_usd_run` from IIMED_<ROLE>_MAX_USD_STAGE|RUN, else IIMED_MAX_USD_STAGE|RUN."""
+    out: dict[str, float] = {}
+    for scope in ("STAGE", "RUN"):
+        value = env.get(f"{env_prefix(role)}_MAX_USD_{scope}") or env.get(f"IIMED_MAX_USD_{scope}")
+        if value not in (None, ""):
+            out[f"max_usd_{scope.lower()}"] = float(value)
+    return out
+
+
 def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -> RoleResource:
     """The resource for one role of the profile, environment overrides applied."""
     env = os.environ if env is None else env
@@ -58,6 +69,7 @@ def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -
     prefix = env_prefix(role)
     prices = {"usd_per_1m_prompt_tokens": spec.usd_per_1m_prompt,
               "usd_per_1m_completion_tokens": spec.usd_per_1m_completion}
+    prices.update(spend_caps(role, env))
     structured = env.get(f"{prefix}_STRUCTURED_OUTPUTS")
     llm_common = {**prices, "max_tokens": spec.max_tokens,
                   **({"structured_outputs": structured not in ("0", "false", "no")} if structured else {})}
