@@ -1,6 +1,6 @@
 """Build a role's resource from the profile's `Role`, with each setting overridable from the environment.
 
-    IIMED_<ROLE>_BACKEND=llamacpp|openai|vllm|embedding      ROLE = GENERATOR | CLASSIFIER | JUDGE
+    IIMED_<ROLE>_BACKEND=llamacpp|openai|openai_batch|vllm|embedding      ROLE = GENERATOR | CLASSIFIER | JUDGE
     IIMED_<ROLE>_MODEL, _BASE_URL (comma-separated: a fleet), _API_KEY_ENV (the *name* of the variable holding
     the key), _MAX_CONCURRENCY, _MAX_TOKENS, _TENSOR_PARALLEL, _USD_PER_1M_PROMPT, _USD_PER_1M_COMPLETION,
     _STRUCTURED_OUTPUTS (0/1), _THREADS (llamacpp), _MAX_USD_STAGE, _MAX_USD_RUN (budget caps; or for every role
@@ -19,10 +19,11 @@ from iimed_assets.profiles import Role
 from iimed_assets.resources.llm.base import RoleResource
 from iimed_assets.resources.llm.embedding_classifier import EmbeddingClassifier
 from iimed_assets.resources.llm.llamacpp import LlamaCppLLM
+from iimed_assets.resources.llm.openai_batch import OpenAIBatchLLM
 from iimed_assets.resources.llm.openai_compatible import OpenAICompatibleLLM
 from iimed_assets.resources.llm.vllm_offline import VLLMOfflineLLM
 
-BACKENDS = ("llamacpp", "openai", "vllm", "embedding")
+BACKENDS = ("llamacpp", "openai", "openai_batch", "vllm", "embedding")
 
 
 def env_prefix(role: str) -> str:
@@ -83,6 +84,11 @@ def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -
         urls = [u.strip() for u in (spec.base_url or "http://127.0.0.1:8000/v1").split(",") if u.strip()]
         return OpenAICompatibleLLM(base_url=urls[0], base_urls=urls if len(urls) > 1 else [], model=spec.model,
                                    api_key_env=spec.api_key_env, max_concurrency=spec.max_concurrency, **llm_common)
+    if spec.backend == "openai_batch":
+        if not spec.model:
+            raise ValueError(f"{prefix}_BACKEND=openai_batch needs {prefix}_MODEL")
+        return OpenAIBatchLLM(base_url=(spec.base_url or "https://api.openai.com/v1").split(",")[0].strip(),
+                              model=spec.model, api_key_env=spec.api_key_env, **llm_common)
     if spec.backend == "vllm":
         if not spec.model:
             raise ValueError(f"{prefix}_BACKEND=vllm needs {prefix}_MODEL")
