@@ -235,7 +235,7 @@ class RunPlan:
         out = []
         for p in self.stages:
             how = "rendered from stored rows" if p.exact else "estimated from counts"
-            out.append(f"{p.stage} ({p.role}, {p.backend}:{p.model}): requests {how}; input tokens: "
+            out.append(f"{p.stage} ({p.role}, {p.model}): requests {how}; input tokens: "
                        f"{p.token_method}; output: {p.output_basis}; price: {p.price_basis}; "
                        f"time: {p.throughput_basis}" + ("; " + "; ".join(p.notes) if p.notes else ""))
         return out
