@@ -81,6 +81,21 @@ def _model_mean(warehouse: Any, model: str) -> tuple[float, int] | None:
     return (float(row[0]), int(row[1])) if row and row[1] else None
 
 
+def profile_settings(profile: Profile | None, stage: str) -> dict[str, Any]:
+    """The stage config values a profile sets (the same mapping as the asset configs' defaults)."""
+    if profile is None:
+        return {}
+    p = profile
+    return {
+        "qa_samples": {"n": p.qa_n, "temperature": p.qa_temperature, "top_p": p.qa_top_p, "max_tokens": p.qa_max_tokens},
+        "qa_verified": {"judge_max_tokens": p.verify_max_tokens, "judge_rationale_chars": p.verify_rationale_chars},
+        "r1_cluster_domains": {"voters": p.domain_voters, "max_tokens": p.domain_max_tokens,
+                               "per_prompt_budget": p.per_prompt_budget},
+        "instruct_responses": {"max_tokens": p.instruct_max_tokens},
+        "instruct_judged": {"max_tokens": p.judge_max_tokens, "rationale_chars": p.judge_rationale_chars},
+    }.get(stage, {})
+
+
 def _is_llm(role: Any) -> bool:
     return hasattr(role, "generate")
 
@@ -91,8 +106,9 @@ class Planner:
     def __init__(self, warehouse: Any, roles: Mapping[str, Any], settings: Mapping[str, Mapping[str, Any]] | None = None,
                  output_tokens: Mapping[str, float] | None = None, env: Mapping[str, str] | None = None,
                  measured_throughput: Callable[[str, str], tuple[float, str] | None] | None = None,
-                 fresh: bool = False):
+                 fresh: bool = False, profile: Profile | None = None):
         self.warehouse = warehouse
+        self.profile = profile
         self.fresh = fresh  # a fresh run: no cache hits, upstream model outputs not read (the card's scale)
         self.carried_sources: list[str] = []
         self.roles = roles
@@ -106,7 +122,9 @@ class Planner:
         self.expected_generation: dict[str, float] = {}
 
     def _config(self, cls: Any, stage: str) -> Any:
-        return cls(**dict(self.settings.get(stage, {})))
+        """The stage's config as the plan's profile sets it (not the defaults bound when the module loaded), with
+        the `--set` values on top."""
+        return cls(**{**profile_settings(self.profile, stage), **dict(self.settings.get(stage, {}))})
 
     def _state(self, stage: str, exact: bool = True) -> _StageState:
         if stage not in self.states:
@@ -353,7 +371,8 @@ def plan_run(warehouse: Any, roles: Mapping[str, Any], profile: Profile, *, scal
              output_tokens: Mapping[str, float] | None = None, env: Mapping[str, str] | None = None,
              measured_throughput: Callable[[str, str], tuple[float, str] | None] | None = None) -> RunPlan:
     """The plan of every LLM stage (or of `assets`), at the stored rows' scale or the card's."""
-    planner = Planner(warehouse, roles, settings, output_tokens, env, measured_throughput, fresh=scale == "card")
+    planner = Planner(warehouse, roles, settings, output_tokens, env, measured_throughput, fresh=scale == "card",
+                      profile=profile)
     plan_qa(planner)
     plan_domains(planner, profile)
     plan_instruct(planner)

@@ -204,3 +204,115 @@ def test_capped_asset_fails_with_the_message_and_the_alert_reports_it(warehouse_
     spend = dict(duckdb.connect(str(warehouse_path)).execute(
         f"SELECT run_id, sum(usd) FROM {SPEND_TABLE} GROUP BY 1").fetchall())
     assert spend[res.run_id] == pytest.approx(110.0 * sent) and spend[again.run_id] == pytest.approx(110.0 * (prompts - sent))
+
+
+# ---- the plan ---------------------------------------------------------------------------------------------
+
+def test_gguf_counter_counts_what_the_embedded_engine_counts():
+    from iimed_assets.resources.llm import LlamaCppLLM
+
+    llm = LlamaCppLLM(n_threads=1)
+    messages = [("system", "You are a careful medical examiner."),
+                ("user", "A 54-year-old man has crushing chest pain radiating to the left arm. Next step?")]
+    (completion,), = llm.generate([ChatRequest.of(messages, max_tokens=2, seed=0)])[0]
+    assert completion.ok and llm.token_counter().count(messages) == completion.prompt_tokens
+    assert "SmolLM2" in llm.token_counter().name
+
+
+def _roles(gen_server, judge_server):
+    from iimed_assets.resources.llm import EmbeddingClassifier
+
+    generator = OpenAICompatibleLLM(base_url=gen_server.url, model="gen", backoff_base_s=0.01)
+    judge = OpenAICompatibleLLM(base_url=judge_server.url, model="judge", backoff_base_s=0.01,
+                                usd_per_1m_prompt_tokens=2.5, usd_per_1m_completion_tokens=10.0)
+    return {"generator": generator, "classifier": EmbeddingClassifier(), "judge": judge}
+
+
+def test_plan_matches_what_the_loopback_run_sends_and_counts_cache_hits(warehouse_path):
+    from iimed_assets.assets.instruct import instruct_judged, instruct_responses
+    from iimed_assets.assets.sources import instruct_prompt_rows
+    from iimed_assets.planning import plan_run
+    from iimed_assets.profiles import LAPTOP
+    from iimed_assets.resources.catalog import SourceCatalog
+    from iimed_assets.testing.openai_loopback import Reply
+
+    wh = Warehouse(path=str(warehouse_path))
+    count = CharsPerToken().count  # the servers count with the stated estimate the plan uses for HTTP roles
+    with LoopbackOpenAI(count_prompt_tokens=count) as gen, \
+            LoopbackOpenAI(count_prompt_tokens=count, script=lambda call: Reply.json({"score": 9})) as judge:
+        roles = _roles(gen, judge)
+        assert dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic",
+                              resources={"warehouse": wh, "catalog": SourceCatalog(mode="sample")}).success
+        before = {p.stage: p for p in plan_run(wh, roles, LAPTOP).stages}
+        assert set(before) == {"instruct_responses", "instruct_judged", "r1_cluster_domains"}
+        responses = before["instruct_responses"]
+        assert responses.exact and responses.cache_hits == 0 and not before["instruct_judged"].exact
+
+        assert dg.materialize([instruct_responses], partition_key="healthcaremagic",
+                              resources={"warehouse": wh, "generator": roles["generator"]}).success
+        # requests and input tokens: exactly what the server received and counted
+        assert responses.paid_requests == gen.requests
+        assert responses.input_tokens == gen.prompt_tokens_counted
+        assert responses.output_tokens_max == gen.requests * 192
+
+        after = {p.stage: p for p in plan_run(wh, roles, LAPTOP).stages}
+        assert after["instruct_responses"].cache_hits == responses.samples
+        assert after["instruct_responses"].paid_requests == 0 and after["instruct_responses"].usd == 0
+        judged = after["instruct_judged"]
+        assert judged.exact  # rendered from the stored responses now
+        assert dg.materialize([instruct_judged], partition_key="healthcaremagic",
+                              resources={"warehouse": wh, "judge": roles["judge"]}).success
+        assert judged.paid_requests == judge.requests and judged.input_tokens == judge.prompt_tokens_counted
+        assert judged.usd_max == pytest.approx((judged.input_tokens * 2.5 + judged.output_tokens_max * 10) / 1e6)
+        # measured output: the judge's cached answers now give the stage's mean
+        again = {p.stage: p for p in plan_run(wh, roles, LAPTOP, output_tokens={"generator": 50}).stages}
+        assert again["instruct_judged"].cache_hits == judged.samples
+        assert again["instruct_responses"].output_basis.startswith("stated")
+
+
+def test_plan_cli_and_the_card_scale(warehouse_path, capsys, monkeypatch):
+    from iimed_assets.assets.sources import instruct_prompt_rows, qa_seed_rows
+    from iimed_assets.cli import main
+    from iimed_assets.resources.catalog import SourceCatalog
+
+    wh = Warehouse(path=str(warehouse_path))
+    for asset, key in ((qa_seed_rows, "medreason"), (qa_seed_rows, "medmcqa"), (instruct_prompt_rows, "apollo_patient_qa")):
+        assert dg.materialize([asset], partition_key=key,
+                              resources={"warehouse": wh, "catalog": SourceCatalog(mode="sample")}).success
+    monkeypatch.setenv("IIMED_JUDGE_BACKEND", "openai_batch")
+    monkeypatch.setenv("IIMED_JUDGE_MODEL", "gpt-4o")
+    assert main(["plan", "--profile", "card", "--scale", "card", "--output-tokens", "judge=200",
+                 "--output-tokens", "generator=3000"]) == 0
+    out = capsys.readouterr().out
+    last = dict(kv.split("=") for kv in out.strip().splitlines()[-1].split())
+    assert last["profile"] == "card" and last["scale"] == "card"
+    assert {"requests", "input_tokens", "output_tokens", "usd", "hours"} <= set(last)
+    assert "expected_rows" in out or "registry" in out  # the assumptions are written out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in
+             ("qa_samples", "qa_verified", "instruct_responses", "instruct_judged")}
+    # section 2 at the card's seeds: 182,822 medmcqa + 10,178 medqa + 61,249 pubmedqa + 32,682 medreason, n=8
+    assert "2,295,448" in lines["qa_samples"]
+    assert float(last["usd"]) > 0 and "batch" in out
+
+
+def test_spend_plan_asset_writes_the_table_and_warns_over_the_cap(warehouse_path):
+    from iimed_assets.assets.sources import instruct_prompt_rows
+    from iimed_assets.assets.spend import PLAN_WITHIN_BUDGET, llm_spend_plan
+    from iimed_assets.resources.catalog import SourceCatalog
+
+    wh = Warehouse(path=str(warehouse_path))
+    assert dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic",
+                          resources={"warehouse": wh, "catalog": SourceCatalog(mode="sample")}).success
+    with LoopbackOpenAI() as gen, LoopbackOpenAI() as judge:
+        roles = _roles(gen, judge)
+        roles["judge"] = OpenAICompatibleLLM(base_url=judge.url, model="judge", usd_per_1m_prompt_tokens=2.5,
+                                             usd_per_1m_completion_tokens=10.0, max_usd_run=1e-6)
+        res = dg.materialize([llm_spend_plan], resources={"warehouse": wh, **roles})
+        assert gen.requests == 0 and judge.requests == 0  # planning calls no model
+    md = res.get_asset_materialization_events()[0].materialization.metadata
+    assert md["requests"].value > 0 and "| instruct_judged |" in md["plan"].value
+    assert md["summary"].value.startswith("profile=")
+    (check,) = res.get_asset_check_evaluations()
+    assert check.check_name == PLAN_WITHIN_BUDGET and not check.passed
+    rows = duckdb.connect(str(warehouse_path)).execute("SELECT stage, paid_requests FROM llm_spend_plan").fetchall()
+    assert dict(rows)["instruct_responses"] == md["requests"].value // 2
