@@ -141,8 +141,8 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
 # ---- r1_clusters ------------------------------------------------------------------------------------------
 
 class ClusterConfig(dg.Config):
-    k: int | None = Field(default=None, description="clusters; the full recipe uses 50,000. Default: about "
-                                                    "prompts_per_cluster prompts per cluster")
+    k: int | None = Field(default=PROFILE.kmeans_k, description="clusters (the profile's: card 50,000; laptop none, "
+                                                              "i.e. about prompts_per_cluster prompts per cluster)")
     prompts_per_cluster: int = Field(default=clustering.PROMPTS_PER_CLUSTER, description="rule for the default K")
     method: str = Field(default="auto", description="auto | flat | two_level (auto: flat below "
                                                     f"n_train*K = {clustering.FLAT_WORK_LIMIT:.0e})")
