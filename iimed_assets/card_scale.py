@@ -59,21 +59,23 @@ def scale_to_card(planner: Any, profile: Profile, wanted: list[str]) -> RunPlan:
                                   f"{total_req:,} stored voter prompts)")
         else:
             section = SECTION_OF_STAGE[stage]
-            measured = {src: s for src, s in shapes.items() if s.requests and s.rows}
+            # a source with stored rows and no request (e.g. MCQ seeds: never judged) contributes none
+            measured = {src: s for src, s in shapes.items() if s.rows}
             sec_req = sum(s.requests for s in measured.values())
             sec_rows = sum(s.rows for s in measured.values())
             if not sec_req:
                 continue
             sec_mean = sum(s.input_tokens for s in measured.values()) / sec_req
-            sample = next(iter(measured.values()))
+            sample = next(s for s in measured.values() if s.requests)
             for spec in SOURCES:
                 if spec.section != section or not card_rows(spec):
                     continue
                 rows = card_rows(spec)
                 shape = measured.get(spec.name)
                 if shape is not None:
-                    per_row, mean = shape.requests / shape.rows, shape.input_tokens / shape.requests
-                    n, max_tokens = shape.n, shape.max_tokens
+                    per_row = shape.requests / shape.rows
+                    mean = shape.input_tokens / shape.requests if shape.requests else 0.0
+                    n, max_tokens = (shape.n, shape.max_tokens) if shape.requests else (sample.n, sample.max_tokens)
                 elif spec.name in planner.carried_sources and stage == "instruct_responses":
                     continue  # carries its responses: nothing generated
                 else:
