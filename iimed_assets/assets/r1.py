@@ -30,6 +30,7 @@ from iimed_assets.partitions import r1_trace_partitions
 from iimed_assets.resources.embedder import Embedder
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LabelResult, RoleResource, usage_metadata
+from iimed_assets.resources.llm.budget import StageBudget, stage_budget
 from iimed_assets.resources.warehouse import Select, Swap, Warehouse
 
 EMBEDDING_OK = "embedding_dim_and_norm"
@@ -332,11 +333,13 @@ class _Labelled:
 
     stats: UsageStats = field(default_factory=UsageStats)
     structured: int = 0
+    budget: StageBudget | None = None
 
     def label(self, classifier: RoleResource, config: DomainConfig, warehouse: Warehouse, log,
               prompts: list[str]) -> LabelResult:
         result = classifier.label(prompts, domains.DOMAIN_TASK, max_tokens=config.max_tokens,
-                                  temperature=config.temperature, seed=config.seed, cache=warehouse, log=log)
+                                  temperature=config.temperature, seed=config.seed, cache=warehouse, log=log,
+                                  budget=self.budget)
         self.stats.merge(result.stats)
         self.structured += result.structured
         return result
@@ -366,7 +369,7 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
         [config.voters])
     context.log.info(f"r1_cluster_domains: classifying {len(voters):,} prompts nearest their centroids "
                      f"with {classifier.model_id}")
-    work = _Labelled()
+    work = _Labelled(budget=stage_budget(context, classifier, warehouse, "classifier"))
     voted = work.label(classifier, config, warehouse, context.log.info, [v[4] for v in voters])
     vote_rows = [{"cluster_id": cid, "rank": rank, "source": source, "id": rid, "label": label, "answer": answer}
                  for (cid, rank, source, rid, _), label, answer in zip(voters, voted.labels, voted.answers)]
