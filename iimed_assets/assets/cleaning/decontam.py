@@ -102,8 +102,12 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             checks.rows_conserved(n, staged.count(warehouse), sum(staged.ledger_counts(warehouse).values())),
             no_contamination(decontam.contamination_rate(
                 finder.ngram_index, id_prompt_batches(warehouse, staged.table, config.batch_rows)))])
-    warehouse.record_stage("sft_decontaminated", context.run.run_id, config.model_dump(),
+    # the settings that decide which rows go; threads and batch size only change the speed (stats)
+    warehouse.record_stage("sft_decontaminated", context.run.run_id,
+                           config.model_dump(exclude={"fuzzy_workers", "batch_rows"}),
                            {"rows_in": n, "eval_items": len(items), "removed_by_step": dict(finder.stats.by_step),
-                            "removed_by_eval_set": dict(finder.stats.by_eval_set)})
+                            "removed_by_eval_set": dict(finder.stats.by_eval_set),
+                            "runtime": {"fuzzy_workers": finder.fuzzy_workers, "batch_rows": config.batch_rows},
+                            "wall_s": round(time.perf_counter() - started, 2)})
     return dg.MaterializeResult(metadata=decontam_metadata(warehouse, finder, config, time.perf_counter() - started),
                                 check_results=results)

@@ -111,6 +111,7 @@ def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehous
         results = swap_checked(context, warehouse, deduped_swap(stage.rows.path), lambda staged: [
             checks.rows_conserved(n, staged.count(warehouse), sum(staged.ledger_counts(warehouse).values()))])
     warehouse.record_stage("sft_deduped", context.run.run_id, pass_.parameters,
-                           {"rows_in": n, "dropped": stats.dropped, "exact_copies": stats.exact_copies})
+                           {"rows_in": n, "dropped": stats.dropped, "exact_copies": stats.exact_copies,
+                            "wall_s": round(time.perf_counter() - started, 2)})
     return dg.MaterializeResult(metadata=dedup_metadata(warehouse, stats, pass_.parameters,
                                                         time.perf_counter() - started), check_results=results)
