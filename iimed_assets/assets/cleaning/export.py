@@ -96,7 +96,7 @@ def check_out_dir(out: Path) -> dict | None:
     if marker is None:
         raise ExportRefused(f"out_dir {out} is not empty and is not an export of this project (no {MARKER}): nothing "
                             "was written or deleted. Choose an empty or new folder.")
-    foreign = sorted(files_in(out) - set(marker.get("files", [])) - {MARKER})
+    foreign = sorted(files_in(out) - set(marker.get("files", [])) - {MARKER, STAGING_MARKER})
     empty_dirs = [p for p in out.rglob("*") if p.is_dir() and not any(p.iterdir())]
     if foreign or empty_dirs:
         names = foreign + [str(p.relative_to(out)) + "/" for p in empty_dirs]
@@ -114,6 +114,7 @@ def remove_export(folder: Path, marker: dict, log=None) -> list[str]:
         if target.resolve().is_relative_to(folder.resolve()) and (target.is_file() or target.is_symlink()):
             target.unlink()
     (folder / MARKER).unlink(missing_ok=True)
+    (folder / STAGING_MARKER).unlink(missing_ok=True)
     for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         if not any(d.iterdir()):
             d.rmdir()
@@ -260,7 +261,6 @@ def write_export(warehouse: Warehouse, staging: Path, dataset_name: str, shard_r
     written = sorted(files_in(staging) - {STAGING_MARKER})
     (staging / MARKER).write_text(json.dumps({"project": PROJECT, "files": written, "written_at": time.time()},
                                              indent=1))
-    (staging / STAGING_MARKER).unlink()
     return text
 
 
@@ -282,6 +282,7 @@ def sft_export(context: dg.AssetExecutionContext, config: ExportConfig, warehous
                                                           "host": socket.gethostname(), "started": time.time()}))
         text = write_export(warehouse, staging, config.dataset_name, config.shard_rows)
         swap_in(staging, out, previous, context.log.info)
+        (out / STAGING_MARKER).unlink(missing_ok=True)  # the staging folder is the export now
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # ours: created above, under a name no one else uses
         raise
