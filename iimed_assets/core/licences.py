@@ -32,6 +32,7 @@ class Licence:
     text: str                 # as the registry writes it
     hub_id: str | None        # a Hub licence identifier, or None when none applies
     restriction: str          # one of RESTRICTION_ORDER
+    recognised: bool = True   # False: no rule matched the text (treated as not stated)
 
     @property
     def rank(self) -> int:
@@ -61,7 +62,7 @@ def classify(text: str) -> Licence:
     for pattern, hub_id, restriction in _RULES:
         if re.search(pattern, low):
             return Licence(text, hub_id, restriction)
-    return Licence(text, None, NOT_STATED)
+    return Licence(text, None, NOT_STATED, recognised=False)
 
 
 @dataclass(frozen=True)
