@@ -269,6 +269,8 @@ def sft_export(context: dg.AssetExecutionContext, config: ExportConfig, warehous
     """Parquet shards that `datasets` loads (a `messages` column), the same rows as JSONL, and a dataset card
     (README.md) that puts this run next to the published card: funnel, models and parameters, licences."""
     out = Path(config.out_dir).expanduser().absolute() if config.out_dir else warehouse.database.parent / "export"
+    if not warehouse.table_exists("source_funnel"):
+        raise dg.Failure("source_funnel is missing: materialize it first (the card is written from it)")
     clean_stale(out, context.log.info)
     try:
         previous = check_out_dir(out)
