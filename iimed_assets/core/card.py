@@ -136,7 +136,9 @@ def stage_lines(c: CardInputs) -> list[str]:
 
 def licence_rows(c: CardInputs, final: Mapping[str, int]) -> list[tuple]:
     rows = []
-    for s in sorted(c.sources, key=lambda s: (licences.classify(s.licence).rank, s.section, s.name)):
+    # the sources whose rows are in the set first (their terms apply), each group most restrictive first
+    for s in sorted(c.sources, key=lambda s: (final.get(s.name, 0) == 0, licences.classify(s.licence).rank,
+                                              s.section, s.name)):
         lic = licences.classify(s.licence)
         langs = c.languages.get(s.name, {})
         rows.append((f"`{s.name}`", s.hf_id or "—", s.licence, lic.hub_id or "—", lic.restriction,
