@@ -128,11 +128,11 @@ def _report(args: argparse.Namespace) -> int:
     """`iimed-assets report [--warehouse PATH]`: the published-vs-run and funnel tables of the current warehouse."""
     import re
 
+    from iimed_assets.assets.cleaning.export import published_figures
     from iimed_assets.assets.cleaning.funnel import current_funnel
     from iimed_assets.core import funnel, report, runs
     from iimed_assets.core.card import CardInputs, stage_lines
     from iimed_assets.resources.warehouse import Warehouse
-    from iimed_assets.sources import registry
 
     warehouse = Warehouse(path=args.warehouse) if args.warehouse else Warehouse()
     if not warehouse.database.exists():
@@ -140,9 +140,7 @@ def _report(args: argparse.Namespace) -> int:
               "--warehouse", file=sys.stderr)
         return 2
     rows, _ = current_funnel(warehouse)
-    published = report.PublishedFigures(registry.PUBLISHED_TOTAL, registry.PUBLISHED_SECTIONS,
-                                        registry.PUBLISHED_SECTIONS_1_AND_3,
-                                        {s.name: s.published_rows for s in registry.SOURCES}, registry.PUBLISHED_CITATION)
+    published = published_figures()
     final, read = funnel.final_rows(rows), funnel.read_rows(rows)
     sources = sorted({(r.section, r.source) for r in rows},
                      key=lambda k: (funnel.SECTION_ORDER.index(k[0]), k[1]))

@@ -211,6 +211,12 @@ def write_files(warehouse: Warehouse, folder: Path, counts: dict[str, int], shar
     return files
 
 
+def published_figures() -> PublishedFigures:
+    """The published card's figures, as the registry quotes them."""
+    return PublishedFigures(registry.PUBLISHED_TOTAL, registry.PUBLISHED_SECTIONS, registry.PUBLISHED_SECTIONS_1_AND_3,
+                            {s.name: s.published_rows for s in registry.SOURCES}, registry.PUBLISHED_CITATION)
+
+
 def card_inputs(warehouse: Warehouse, name: str, files: dict[str, list[str]], funnel_png: str | None) -> card.CardInputs:
     """Everything the card says, read from the warehouse and the registry."""
     history = warehouse.stage_history()
@@ -240,9 +246,7 @@ def card_inputs(warehouse: Warehouse, name: str, files: dict[str, list[str]], fu
     return card.CardInputs(
         name=name, build=build_info().markdown(), files=files, funnel=rows,
         rollup=stored_funnel(warehouse, SECTION_FUNNEL), sources=sources, languages=languages,
-        published=PublishedFigures(registry.PUBLISHED_TOTAL, registry.PUBLISHED_SECTIONS,
-                                   registry.PUBLISHED_SECTIONS_1_AND_3,
-                                   {s.name: s.published_rows for s in registry.SOURCES}, registry.PUBLISHED_CITATION),
+        published=published_figures(),
         stages=runs.stage_settings(history), eval_sets=eval_sets, profile=", ".join(profiles) or None,
         funnel_png=funnel_png,
         by_section=warehouse.fetch("SELECT section, count(*) FILTER (WHERE split = 'train'), count(*) FILTER "
