@@ -6,14 +6,16 @@ run through the real assets: r1_prompt_embeddings (all-MiniLM-L6-v2), r1_cluster
 default ~40 prompts per cluster), r1_cluster_domains (10 nearest prompts vote), r1_medical_traces.
 The clusters are computed once; the vote runs twice:
   1. with a classifier that knows each prompt's true domain: measures what clustering alone loses;
-  2. with the embedded LLM (SmolLM2-135M-Instruct on llama.cpp): the default run's real quality.
+  2. with the laptop profile's embedded classifier (MiniLM nearest exemplars, `EmbeddingClassifier`): the
+     default run's real quality; `--classifier llamacpp` measures the embedded SmolLM2-135M LLM vote instead
+     (grammar-constrained to the label list).
 Medical/biology = the medical sets + the MMLU subjects in core.domains.MMLU_MEDICAL_BIOLOGY.
 
 Mixed clusters (voters split between Medical/Biology and other) get every prompt classified within the
 budget `--per-prompt-budget` (extra calls per voter call; 0 = the recipe's pure majority).
 
     python bench/domain_filter.py [--per-set 150] [--per-mmlu-subject 20] [--per-cluster 20] [--skip-llm]
-                                  [--per-prompt-budget 1.0]
+                                  [--per-prompt-budget 1.0] [--classifier embedding|llamacpp]
 
 Final line: prompts=… medical_kept=… other_kept=… llm_calls=… llm_medical_kept=… llm_other_kept=…
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import sys
@@ -38,7 +41,7 @@ from iimed_assets.assets.r1 import r1_cluster_domains, r1_clusters, r1_medical_t
 from iimed_assets.core.domains import KEEP_DOMAINS  # noqa: E402
 from iimed_assets.core.llm import Completion  # noqa: E402
 from iimed_assets.resources.embedder import Embedder  # noqa: E402
-from iimed_assets.resources.llm import LLMResource  # noqa: E402
+from iimed_assets.resources.llm import EmbeddingClassifier, LlamaCppLLM, LLMResource  # noqa: E402
 from iimed_assets.resources.warehouse import Warehouse  # noqa: E402
 
 PARTITION = "general_thought_r1"
@@ -58,13 +61,18 @@ class TrueLabelClassifier(LLMResource):
     def model_id(self) -> str:
         return "true-label-classifier"
 
+    @property
+    def backend(self) -> str:
+        return "scripted"
+
     def _run(self, work, on_done, stats) -> None:
         for item in work:
             question = _QUESTION.search(item.request.messages[-1][1]).group(1).removesuffix(" …")
             label = self.labels.get(_key(question)) or next(
                 (v for k, v in self.labels.items() if k.startswith(_key(question)[:200])), "Other")
+            answer = json.dumps({"domain": label}) if item.request.output else f"Domain: {label}"
             for si in item.sample_indices:
-                on_done(item.index, si, Completion(f"Domain: {label}", "stop"))
+                on_done(item.index, si, Completion(answer, "stop"))
 
 
 def _shares(warehouse: Warehouse) -> tuple[float, float, int, int]:
@@ -87,6 +95,9 @@ def main() -> None:
     parser.add_argument("--skip-llm", action="store_true")
     parser.add_argument("--per-cluster", type=int, default=None,
                         help="prompts per cluster for K (default: the asset's rule, 40; the full recipe is ~20)")
+    parser.add_argument("--classifier", choices=["embedding", "llamacpp"], default="embedding",
+                        help="the embedded default to measure: MiniLM nearest exemplars (the laptop profile) or the "
+                             "SmolLM2-135M LLM vote")
     parser.add_argument("--per-prompt-budget", type=float, default=1.0,
                         help="extra per-prompt calls for mixed clusters, per voter call (0: majority only, the recipe)")
     args = parser.parse_args()
@@ -125,14 +136,14 @@ def main() -> None:
             print(f"  K={k} ({md['method'].value}), objective {md['objective_mean_sq_distance'].value}", flush=True)
 
             # the recipe's pure cluster-majority labels first, then with per-prompt labels for mixed clusters
-            run([r1_cluster_domains], {"llm": TrueLabelClassifier(labels=labels)},
+            run([r1_cluster_domains], {"classifier": TrueLabelClassifier(labels=labels)},
                 run_config={"ops": {"r1_cluster_domains": {"config": {"per_prompt_budget": 0.0}}}})
             run([r1_medical_traces], {})
             majority_med, majority_other, _, _ = _shares(warehouse)
             print(f"true-label classifier, cluster majority only (the recipe): medical/biology kept "
                   f"{majority_med:.1%}, others kept {majority_other:.1%}", flush=True)
             domain_config = {"ops": {"r1_cluster_domains": {"config": {"per_prompt_budget": args.per_prompt_budget}}}}
-            md = run([r1_cluster_domains], {"llm": TrueLabelClassifier(labels=labels)}, run_config=domain_config)
+            md = run([r1_cluster_domains], {"classifier": TrueLabelClassifier(labels=labels)}, run_config=domain_config)
             calls = md["classified_prompts"].value + md["per_prompt_calls"].value
             print(f"  {md['mixed_clusters'].value} mixed clusters, {md['per_prompt_clusters'].value} classified per "
                   f"prompt: {calls} LLM calls ({md['classified_prompts'].value} voters + "
@@ -150,16 +161,23 @@ def main() -> None:
                     f"{md['mixed_clusters'].value} per_prompt_clusters={md['per_prompt_clusters'].value}")
 
             if not args.skip_llm:
-                from iimed_assets.resources.llm import LlamaCppLLM
-
-                md = run([r1_cluster_domains], {"llm": LlamaCppLLM()}, run_config=domain_config)
+                embedded = EmbeddingClassifier() if args.classifier == "embedding" else LlamaCppLLM()
+                started = time.perf_counter()
+                md = run([r1_cluster_domains], {"classifier": embedded}, run_config=domain_config)
+                vote_s = time.perf_counter() - started
                 run([r1_medical_traces], {})
                 llm_med, llm_other, _, _ = _shares(warehouse)
-                print(f"embedded LLM: medical/biology kept {llm_med:.1%}, others kept {llm_other:.1%}; "
+                print(f"embedded classifier {embedded.model_id}: medical/biology kept {llm_med:.1%}, others kept "
+                      f"{llm_other:.1%}; "
                       f"median agreement {md['median_agreement'].value}, unknown answers "
                       f"{md['unknown_answers'].value}", flush=True)
+                for s_, m, n, kept in _per_set(warehouse):
+                    if (m and kept < n) or (not m and kept):
+                        print(f"    {s_:40} {'medical' if m else 'other':8} kept {kept}/{n}")
                 line += (f" llm_medical_kept={llm_med:.4f} llm_other_kept={llm_other:.4f} "
-                         f"llm_median_agreement={md['median_agreement'].value}")
+                         f"llm_median_agreement={md['median_agreement'].value} "
+                         f"llm_unknown={md['unknown_answers'].value} classifier={args.classifier} "
+                         f"vote_seconds={vote_s:.1f}")
     print(line)
 
 

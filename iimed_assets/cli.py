@@ -1,5 +1,7 @@
 """`iimed-assets materialize`: run every partition of every asset, in graph order, in this process.
 `iimed-assets dev`: the Dagster UI + daemon (`dagster dev`) on the same instance.
+Both take `--profile laptop|card` (= IIMED_PROFILE); `materialize --set asset.field=value` overrides one stage
+setting of the profile (repeatable).
 `iimed-assets report`: this warehouse next to the published card, and every source's funnel, in the terminal.
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: ./.dagster_home in the
@@ -10,6 +12,7 @@ sample; in the UI the same thing is "Materialize all" + backfills.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -40,12 +43,31 @@ def prepare_dagster_home() -> Path:
     return home
 
 
+def parse_settings(items: list[str] | None) -> dict[str, dict[str, object]]:
+    """`--set qa_samples.n=6 --set instruct_judged.threshold=7` -> {asset: {field: value}} (values read as JSON
+    when they parse, else as text)."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items or []:
+        target, sep, raw = item.partition("=")
+        asset, dot, name = target.partition(".")
+        if not sep or not dot or not asset or not name:
+            raise ValueError(f"--set {item!r}: expected asset.field=value, e.g. qa_samples.n=6")
+        try:
+            value: object = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(asset, {})[name] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iimed-assets")
     sub = parser.add_subparsers(dest="command", required=True)
     mat = sub.add_parser("materialize", help="materialize every partition of the selected assets")
     mat.add_argument("--assets", nargs="*", help="asset names (default: all, in graph order)")
     mat.add_argument("--partitions", nargs="*", help="only these partition keys")
+    mat.add_argument("--set", action="append", metavar="ASSET.FIELD=VALUE", dest="settings",
+                     help="override one stage setting of the profile, e.g. qa_samples.n=6 (repeatable)")
     src = sub.add_parser("sources", help="list the source registry, or probe the sources (--probe)")
     src.add_argument("names", nargs="*", metavar="SOURCE", help="only these sources (default: all)")
     src.add_argument("--probe", action="store_true",
@@ -62,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", default="3000")
+    for p in (mat, dev):
+        p.add_argument("--profile", choices=["laptop", "card"],
+                       help="the recipe profile (default: $IIMED_PROFILE, else laptop)")
     args = parser.parse_args(argv)
+    if getattr(args, "profile", None):
+        os.environ["IIMED_PROFILE"] = args.profile  # before any asset module loads: it sets their defaults
 
     if args.command == "sources":
         return _sources(args, parser)
@@ -79,17 +106,27 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from iimed_assets.definitions import MATERIALIZE_ORDER, default_resources
-
-    selected = [a for a in MATERIALIZE_ORDER if not args.assets or a.key.to_user_string() in args.assets]
-    if args.assets and len(selected) != len(args.assets):
-        known = ", ".join(a.key.to_user_string() for a in MATERIALIZE_ORDER)
-        parser.error(f"unknown asset in {args.assets}; known: {known}")
+    from iimed_assets.assets.graph import MATERIALIZE_ORDER
+    from iimed_assets.profiles import active_profile
+    from iimed_assets.resources.defaults import default_resources
     from iimed_assets.runner import materialize_in_order
 
+    known = [a.key.to_user_string() for a in MATERIALIZE_ORDER]
+    selected = [a for a in MATERIALIZE_ORDER if not args.assets or a.key.to_user_string() in args.assets]
+    if args.assets and len(selected) != len(args.assets):
+        parser.error(f"unknown asset in {args.assets}; known: {', '.join(known)}")
+    try:
+        settings = parse_settings(args.settings)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if set(settings) - set(known):
+        parser.error(f"--set names unknown assets {sorted(set(settings) - set(known))}")
+    profile = active_profile()
+    print(f"profile: {profile.name} ({profile.description})", flush=True)
     with dg.DagsterInstance.get() as instance:
-        outcomes = materialize_in_order(selected, instance=instance, resources=default_resources(),
-                                        partitions=args.partitions, log=lambda line: print(line, flush=True))
+        outcomes = materialize_in_order(selected, instance=instance, resources=default_resources(profile),
+                                        partitions=args.partitions, log=lambda line: print(line, flush=True),
+                                        tags={"iimed/profile": profile.name}, config=settings)
     failures = [o for o in outcomes if o.status == "FAILED"]
     print(f"\n{len(failures)} failed partition runs" if failures else "\nall partitions materialized")
     return 1 if failures else 0

@@ -1,43 +1,38 @@
 """The one place the Dagster code location is assembled. Importing it is cheap: no model, engine or
-dataset is loaded here (heavy imports live inside resource methods)."""
+dataset is loaded here (heavy imports live inside resource methods).
+
+The profile in force (`IIMED_PROFILE`, default laptop; see profiles.py) is resolved once, here: it chose the
+stage configs' defaults when the asset modules loaded, it builds the role resources, and the UI shows it in
+every asset's definition metadata (`recipe/profile`, `recipe/roles`) and in the job descriptions.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from iimed_assets.assets.cleaning import CLEANING
-from iimed_assets.assets.instruct import instruct_judged, instruct_responses
-from iimed_assets.assets.qa import qa_samples, qa_verified
-from iimed_assets.assets.r1 import R1_ASSETS
-from iimed_assets.assets.sources import SOURCE_ASSETS
+from iimed_assets.assets.graph import MATERIALIZE_ORDER
 from iimed_assets.jobs import full_graph, section_jobs
-from iimed_assets.resources.alerts import AlertWebhook
-from iimed_assets.resources.catalog import SourceCatalog
-from iimed_assets.resources.embedder import Embedder
-from iimed_assets.resources.llm_config import llm_from_env
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.profiles import active_profile
+from iimed_assets.resources.defaults import definitions_resources
 from iimed_assets.sensors import failure_alerts
 
-
-def default_resources() -> dict[str, object]:
-    return {
-        "warehouse": Warehouse(),
-        "catalog": SourceCatalog(),
-        "embedder": Embedder(),
-        # Generation and judging are configured separately (the card used GPT-4o as the judge).
-        "llm": llm_from_env("IIMED_LLM"),
-        "judge": llm_from_env("IIMED_JUDGE"),
-    }
+PROFILE = active_profile()
+RESOURCES = definitions_resources(PROFILE)
 
 
-STAGE_ASSETS = [qa_samples, qa_verified, *R1_ASSETS, instruct_responses, instruct_judged, *CLEANING]
+def _show_profile(spec: dg.AssetSpec) -> dg.AssetSpec:
+    roles = {role: RESOURCES[role].describe() for role in ("generator", "classifier", "judge")}
+    return spec.merge_attributes(metadata={
+        "recipe/profile": f"{PROFILE.name}: {PROFILE.description}",
+        "recipe/roles": dg.MetadataValue.json(roles),
+    })
+
 
 defs = dg.Definitions(
-    assets=[*SOURCE_ASSETS, *STAGE_ASSETS],
-    jobs=[*section_jobs(), full_graph],
+    assets=dg.map_asset_specs(_show_profile, MATERIALIZE_ORDER),
+    jobs=[*section_jobs(PROFILE), full_graph],
     sensors=[failure_alerts],
-    resources={**default_resources(), "alerts": AlertWebhook()},
+    resources=RESOURCES,
 )
 
-# Graph order for `iimed-assets materialize` and the full_graph job (sources first, then the stages).
-MATERIALIZE_ORDER = [*SOURCE_ASSETS, *STAGE_ASSETS]
+__all__ = ["defs", "MATERIALIZE_ORDER", "PROFILE", "RESOURCES"]  # MATERIALIZE_ORDER lives in assets/graph.py

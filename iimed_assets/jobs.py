@@ -12,13 +12,16 @@ instance (the same loop as `iimed-assets materialize`); its op fails, listing th
 import dagster as dg
 from pydantic import Field
 
+from iimed_assets.assets.graph import MATERIALIZE_ORDER
+from iimed_assets.profiles import Profile
+from iimed_assets.resources.defaults import GRAPH_RESOURCE_KEYS
 from iimed_assets.runner import materialize_in_order
 
 SECTION_JOBS_SPEC: dict[str, tuple[str, list[str]]] = {
     "section1_public_reasoning": (
         "Section 1: public medical reasoning traces, per source.", ["public_reasoning_rows"]),
     "section2_rejection_sampling": (
-        "Section 2: QA seeds → n samples per prompt → verified shortest correct sample, per seed source.",
+        "Section 2: QA seeds → n samples per prompt → verified correct samples (the keep rule), per seed source.",
         ["qa_seed_rows", "qa_samples", "qa_verified"]),
     "section3_r1_domain_filter": (
         "Section 3: public R1 traces → prompt embeddings → K-means → LLM domain vote → medical/biology traces.",
@@ -32,16 +35,18 @@ CLEANING_JOB = "cleaning_and_export"
 FULL_GRAPH_JOB = "full_graph"
 
 
-def section_jobs(extra: dict[str, list[str]] | None = None) -> list:
-    """`extra` adds assets to a section job (later stages register theirs in definitions.py)."""
+def section_jobs(profile: Profile) -> list:
+    """One job per section and the cleaning job; their descriptions name the profile in force."""
     jobs = []
+    note = f" Profile: {profile.name}."
     for name, (description, assets) in SECTION_JOBS_SPEC.items():
-        selected = [*assets, *(extra or {}).get(name, [])]
-        jobs.append(dg.define_asset_job(name, selection=dg.AssetSelection.assets(*selected), description=description,
-                                        tags={"iimed/job": name}))
+        jobs.append(dg.define_asset_job(name, selection=dg.AssetSelection.assets(*assets),
+                                        description=description + note,
+                                        tags={"iimed/job": name, "iimed/profile": profile.name}))
     jobs.append(dg.define_asset_job(
-        CLEANING_JOB, selection=dg.AssetSelection.groups("cleaning"), tags={"iimed/job": CLEANING_JOB},
-        description="Merge the sections, dedup, decontaminate, final split, Parquet/JSONL export and card."))
+        CLEANING_JOB, selection=dg.AssetSelection.groups("cleaning"),
+        tags={"iimed/job": CLEANING_JOB, "iimed/profile": profile.name},
+        description="Merge the sections, dedup, decontaminate, final split, Parquet/JSONL export and card." + note))
     return jobs
 
 
@@ -51,16 +56,17 @@ class FullGraphConfig(dg.Config):
     stop_on_failure: bool = Field(default=False, description="stop at the first failed partition run")
 
 
-@dg.op(description="Materialize every partition of every asset in graph order, one run per partition.")
+@dg.op(description="Materialize every partition of every asset in graph order, one run per partition, with "
+                   "this run's resources.", required_resource_keys=set(GRAPH_RESOURCE_KEYS))
 def materialize_full_graph(context: dg.OpExecutionContext, config: FullGraphConfig) -> None:
-    from iimed_assets.definitions import MATERIALIZE_ORDER, default_resources
-
     known = {a.key.to_user_string() for a in MATERIALIZE_ORDER}
     unknown = sorted(set(config.assets) - known)
     if unknown:
         raise dg.Failure(f"unknown assets {unknown}; known: {sorted(known)}")
     selected = [a for a in MATERIALIZE_ORDER if not config.assets or a.key.to_user_string() in config.assets]
-    resources = default_resources()
+    # The run's own resources, as configured (not set up: each partition run sets them up itself; the model
+    # engines load lazily, on a resource's first request).
+    resources = {key: context.resources.original_resource_dict[key] for key in GRAPH_RESOURCE_KEYS}
     outcomes = []
     for asset in selected:
         outcomes += materialize_in_order([asset], instance=context.instance, resources=resources,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import dagster as dg
 
@@ -45,15 +45,18 @@ def planned_steps(assets: Sequence[dg.AssetsDefinition],
 def materialize_in_order(assets: Sequence[dg.AssetsDefinition], *, instance: dg.DagsterInstance,
                          resources: dict, partitions: Sequence[str] | None = None,
                          log: Callable[[str], None] = print, tags: dict[str, str] | None = None,
-                         ) -> list[PartitionOutcome]:
+                         config: Mapping[str, Mapping[str, Any]] | None = None) -> list[PartitionOutcome]:
+    """`config`: asset name -> config values that override that stage's defaults (the profile's) in its runs."""
     steps = planned_steps(assets, partitions)
+    config = config or {}
     outcomes: list[PartitionOutcome] = []
     started_all = time.perf_counter()
     for i, (asset, key) in enumerate(steps, 1):
         name = asset.key.to_user_string()
         started = time.perf_counter()
+        run_config = {"ops": {asset.op.name: {"config": dict(config[name])}}} if name in config else None
         result = dg.materialize([asset], partition_key=key, instance=instance, resources=resources,
-                                raise_on_error=False, tags=tags)
+                                raise_on_error=False, tags=tags, run_config=run_config)
         rows: object = "-"
         for event in result.get_asset_materialization_events():
             md = event.materialization.metadata

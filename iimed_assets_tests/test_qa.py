@@ -7,7 +7,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from iimed_assets.assets.qa import qa_samples, qa_verified, recheck_kept
+from iimed_assets.assets.qa import plan_row, qa_samples, qa_verified, recheck_kept
 from iimed_assets.assets.sources import qa_seed_rows
 from iimed_assets.core import qa
 from iimed_assets.resources.catalog import SourceCatalog
@@ -88,9 +88,63 @@ def test_check_sample_mcq(text, finish, verdict):
 
 def test_choose_kept_is_the_shortest_correct_then_lowest_index():
     c, w = qa.Verdict.CORRECT, qa.Verdict.WRONG_ANSWER
-    assert qa.choose_kept([(0, "long correct answer", c), (1, "short", c), (2, "x", w)]) == 1
-    assert qa.choose_kept([(0, "same", c), (1, "same", c)]) == 0
-    assert qa.choose_kept([(0, "x", w)]) is None
+    assert qa.choose_kept([(0, "long correct answer", c), (1, "short", c), (2, "x", w)]) == [1]
+    assert qa.choose_kept([(0, "same", c), (1, "same", c)]) == [0]
+    assert qa.choose_kept([(0, "x", w)]) == []
+
+
+@pytest.mark.parametrize("keep, k, expected", [
+    ("shortest", 1, [3]), ("all_correct", 1, [3, 1, 0]), ("up_to_k", 2, [3, 1]), ("up_to_k", 5, [3, 1, 0])])
+def test_keep_rules(keep, k, expected):
+    c, w = qa.Verdict.CORRECT, qa.Verdict.WRONG_ANSWER
+    samples = [(0, "a long correct one", c), (1, "medium ok", c), (2, "w", w), (3, "short", c)]
+    assert qa.choose_kept(samples, keep, k) == expected
+    assert qa.keep_limit(keep, k) == {"shortest": 1, "all_correct": None, "up_to_k": k}[keep]
+
+
+def test_keep_rule_errors_and_row_ids():
+    with pytest.raises(ValueError, match="keep must be one of"):
+        qa.keep_limit("longest")
+    with pytest.raises(ValueError, match="k >= 1"):
+        qa.keep_limit("up_to_k", 0)
+    assert qa.kept_row_id("p1", 3, "shortest") == "p1" and qa.kept_row_id("p1", 3, "all_correct") == "p1:3"
+
+
+def test_plan_seed_uses_seed_kind():
+    mcq = qa.plan_seed("Which?", "b", {"A": "x", "B": "y"})
+    assert (mcq.template, mcq.verify_method, mcq.reference) == ("mcq", "choice", "B")
+    yn = qa.plan_seed("Ctx. Does it?", "yes", None, {"context": "Ctx.", "question": "Ctx. Does it?"})
+    assert (yn.template, yn.verify_method) == ("yes_no", "label") and "Question: Does it?" in yn.messages[0]["content"]
+    assert qa.plan_seed("Does it?", "maybe", None).template == "yes_no_bare"
+    unlabelled = qa.plan_seed("Q?", None, None, {"long_answer": "Because."})
+    assert (unlabelled.verify_method, unlabelled.reference) == ("judge", "Because.")
+    assert qa.plan_seed("Q?", "", None) == qa.NO_REFERENCE
+    for options, gold in [({"A": "x"}, "a"), (None, "No"), (None, "fever"), (None, None)]:
+        plan = qa.plan_seed("Q?", gold, options)
+        kind = qa.seed_kind(options, gold)
+        assert (plan == qa.NO_REFERENCE) if kind is None else qa.KIND_BY_METHOD[plan.verify_method] == kind
+
+
+@pytest.mark.parametrize("strategy, stop_after, rounds", [
+    ("all", 1, [["p:1", "p:0", "p:2", "q:0"]]),
+    ("shortest_first", 1, [["p:1", "q:0"], ["p:0"]]),        # p's shortest is wrong, its next is right: stop
+    ("shortest_first", 2, [["p:1", "q:0"], ["p:0"], ["p:2"]]),
+    ("shortest_first", None, [["p:1", "p:0", "p:2", "q:0"]]),  # all_correct needs every verdict
+])
+def test_judge_scheduler(strategy, stop_after, rounds):
+    p = [{"sample_index": 0, "response": "medium"}, {"sample_index": 1, "response": "s"},
+         {"sample_index": 2, "response": "the longest"}]
+    q = [{"sample_index": 0, "response": "x"}]
+    correct = {"p:0": True, "p:1": False, "p:2": True, "q:0": False}
+    scheduler = qa.JudgeScheduler(strategy, {"p": p, "q": q, "empty": []}, stop_after)
+    seen, skipped = [], []
+    while items := scheduler.next_round():
+        seen.append([f"{pid}:{s['sample_index']}" for pid, s in items])
+        for pid, s in items:
+            skipped += [f"{pid}:{x['sample_index']}" for x in scheduler.record(pid, correct[f"{pid}:{s['sample_index']}"])]
+    assert seen == rounds
+    judged = {x for r in seen for x in r}
+    assert judged.isdisjoint(skipped) and judged | set(skipped) == set(correct)
 
 
 # ---- assets over real DuckDB + loopback HTTP -----------------------------------------------------------------
@@ -127,7 +181,7 @@ def test_mcq_rejection_sampling_end_to_end(medmcqa_seeded):
     with LoopbackOpenAI(script=mcq_script) as gen:
         llm = OpenAICompatibleLLM(base_url=gen.url, model="gen", backoff_base_s=0.01,
                                   usd_per_1m_prompt_tokens=1.0, usd_per_1m_completion_tokens=2.0)
-        res = _run(qa_samples, "medmcqa", wh, {"n": 3, "temperature": 0.6, "top_p": 0.9, "max_tokens": 512}, llm=llm)
+        res = _run(qa_samples, "medmcqa", wh, {"n": 3, "temperature": 0.6, "top_p": 0.9, "max_tokens": 512}, generator=llm)
         assert res.success and all(c.passed for c in _checks(res).values())
         sent = gen.calls[0].body
         assert sent["n"] == 3 and sent["temperature"] == 0.6 and sent["top_p"] == 0.9 and sent["max_tokens"] == 512
@@ -171,7 +225,7 @@ def test_truncated_samples_are_never_kept_and_checks_catch_a_bad_kept_row(medmcq
 
     with LoopbackOpenAI(script=every_letter_but_cut_off) as gen:
         llm = OpenAICompatibleLLM(base_url=gen.url, model="gen")
-        assert _run(qa_samples, "medmcqa", wh, {"n": 4}, llm=llm).success
+        assert _run(qa_samples, "medmcqa", wh, {"n": 4}, generator=llm).success
         res = _run(qa_verified, "medmcqa", wh, judge=llm)
     assert res.success
     con = duckdb.connect(str(wh))
@@ -201,7 +255,7 @@ def test_yes_no_keeps_the_shortest_correct_sample(warehouse_path):
     assert _run(qa_seed_rows, "pubmedqa_unlabeled", warehouse_path).success
     with LoopbackOpenAI(script=script) as gen:
         llm = OpenAICompatibleLLM(base_url=gen.url, model="gen")
-        assert _run(qa_samples, "pubmedqa_unlabeled", warehouse_path, {"n": 3}, llm=llm).success
+        assert _run(qa_samples, "pubmedqa_unlabeled", warehouse_path, {"n": 3}, generator=llm).success
         prompt = gen.calls[0].body["messages"][-1]["content"]
         res = _run(qa_verified, "pubmedqa_unlabeled", warehouse_path, judge=llm)
     assert prompt.startswith("Context:\n") and "Question: " in prompt
@@ -216,13 +270,17 @@ def test_yes_no_keeps_the_shortest_correct_sample(warehouse_path):
 
 def _free_form_judge(call):
     """CORRECT when the student's answer names candidate 1 or 2 and the reference has an even length;
-    unparsable for the candidate-0 answers."""
+    unparsable for the candidate-0 answers. Answers in the format asked for: the verdict's JSON under a
+    schema, the `Verdict: [[...]]` text otherwise."""
     user = call.last_user
     ref = user.split("<reference_answer>")[1].split("</reference_answer>")[0].strip()
     answer = user.split("<student_answer>")[1].split("</student_answer>")[0]
     if "candidate 0" in answer:
         return Reply(contents=["I am not sure."])
     ok = len(ref) % 2 == 0 and ("candidate 1" in answer or "candidate 2" in answer)
+    if call.response_schema is not None:
+        assert call.response_schema["properties"]["verdict"]["enum"] == ["CORRECT", "INCORRECT"]
+        return Reply.json({"verdict": "CORRECT" if ok else "INCORRECT"})
     return Reply(contents=[f"Compared.\nVerdict: [[{'CORRECT' if ok else 'INCORRECT'}]]"])
 
 
@@ -232,15 +290,19 @@ def _free_form_generator(call):
     return Reply(contents=texts[: call.body.get("n", 1)])
 
 
-@pytest.mark.parametrize("strategy", ["all", "shortest_first"])
-def test_free_form_answers_are_judged_against_the_reference(warehouse_path, strategy):
+@pytest.mark.parametrize("strategy, structured", [("all", True), ("shortest_first", True), ("all", False)],
+                         ids=["all-structured", "shortest_first-structured", "all-server_rejects_schema"])
+def test_free_form_answers_are_judged_against_the_reference(warehouse_path, strategy, structured):
     assert _run(qa_seed_rows, "medreason", warehouse_path).success
-    with LoopbackOpenAI(script=_free_form_generator) as gen, LoopbackOpenAI(script=_free_form_judge) as judge_server:
+    with LoopbackOpenAI(script=_free_form_generator) as gen, \
+            LoopbackOpenAI(script=_free_form_judge, structured_outputs=structured) as judge_server:
         llm = OpenAICompatibleLLM(base_url=gen.url, model="gen")
         judge = OpenAICompatibleLLM(base_url=judge_server.url, model="judge", usd_per_1m_prompt_tokens=2.5)
-        assert _run(qa_samples, "medreason", warehouse_path, {"n": 4}, llm=llm).success
+        assert _run(qa_samples, "medreason", warehouse_path, {"n": 4}, generator=llm).success
         res = _run(qa_verified, "medreason", warehouse_path, {"judge_strategy": strategy}, judge=judge)
-        judge_calls = judge_server.requests
+        # a server without json_schema support rejects the first batch once; everything is then free text
+        rejected = 0 if structured else sum("response_format" in c.body for c in judge_server.calls)
+        judge_calls = judge_server.requests - rejected
         judged_refs = [c.last_user.split("<reference_answer>")[1].split("</reference_answer>")[0].strip()
                        for c in judge_server.calls]
     assert res.success
@@ -264,12 +326,15 @@ def test_free_form_answers_are_judged_against_the_reference(warehouse_path, stra
         # shortest first: candidate 0 (shortest, unparsable), then candidate 2 (correct for even) -> stop
         assert judge_calls == 2 * len(even) + 4 * odd
         assert verdicts["not_judged"] == 2 * len(even)
+    pattern = '%"verdict": "%' if structured else "%Verdict: [[%"
     stored = con.execute("SELECT count(*) FROM qa_sample_verdicts WHERE verdict IN ('correct', 'judge_incorrect') "
-                         "AND judge_output LIKE '%Verdict: [[%'").fetchone()[0]
+                         "AND judge_output LIKE ?", [pattern]).fetchone()[0]
     assert stored == verdicts.get("correct", 0) + verdicts.get("judge_incorrect", 0)
     assert all(c.passed for n, c in _checks(res).items() if n != "yield_in_band")
     (ev,) = res.get_asset_materialization_events()
-    assert ev.materialization.metadata["judge/requests"].value == judge_calls
+    assert ev.materialization.metadata["judge/requests"].value == judge_server.requests
+    if not structured:
+        assert rejected == judge_calls and all("response_format" not in c.body for c in judge_server.calls[rejected:])
 
 
 def test_seed_without_any_reference_is_ledgered_not_sampled(warehouse_path, tmp_path):
@@ -283,7 +348,7 @@ def test_seed_without_any_reference_is_ledgered_not_sampled(warehouse_path, tmp_
         "warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog}).success
     with LoopbackOpenAI(script=_free_form_generator) as gen:
         res = _run(qa_samples, "medreason", warehouse_path, {"n": 2},
-                   llm=OpenAICompatibleLLM(base_url=gen.url, model="gen"))
+                   generator=OpenAICompatibleLLM(base_url=gen.url, model="gen"))
         assert gen.requests == 1
     assert res.success and all(c.passed for c in _checks(res).values())
     con = duckdb.connect(str(warehouse_path))
@@ -296,7 +361,7 @@ def test_failed_samples_are_stored_with_their_error(medmcqa_seeded):
 
     with LoopbackOpenAI(script=script) as gen:
         llm = OpenAICompatibleLLM(base_url=gen.url, model="gen", max_concurrency=1)
-        res = _run(qa_samples, "medmcqa", medmcqa_seeded, {"n": 2}, llm=llm)
+        res = _run(qa_samples, "medmcqa", medmcqa_seeded, {"n": 2}, generator=llm)
         assert res.success and _checks(res)["samples_complete"].passed
         assert _run(qa_verified, "medmcqa", medmcqa_seeded, judge=llm).success
     con = duckdb.connect(str(medmcqa_seeded))
@@ -305,12 +370,54 @@ def test_failed_samples_are_stored_with_their_error(medmcqa_seeded):
     assert con.execute("SELECT count(*) FROM qa_sample_verdicts WHERE verdict = 'generation_failed'").fetchone()[0] == 2
 
 
+def _gold_letters(seeded) -> dict[str, str]:
+    """rendered request text -> the seed's gold letter (what a perfect generator answers)."""
+    con = duckdb.connect(str(seeded))
+    out = {}
+    for prompt, gold, options, meta in con.execute("SELECT prompt, gold_answer, options, meta FROM qa_seed_rows").fetchall():
+        plan = plan_row({"prompt": prompt, "gold_answer": gold, "options": options, "meta": meta})
+        out[plan.messages[-1]["content"]] = gold
+    con.close()
+    return out
+
+
+@pytest.mark.parametrize("keep, k", [("all_correct", 1), ("up_to_k", 2)])
+def test_keep_rules_keep_several_rows_per_prompt_with_distinct_ids(medmcqa_seeded, keep, k):
+    """Every sample says the gold letter, so every sample is correct: the rule decides how many become rows."""
+    golds = _gold_letters(medmcqa_seeded)
+
+    def perfect(call):  # sample i reasons for i+1 characters: sample 0 is the shortest
+        return Reply(contents=[f"<think>{'x' * (i + 1)}</think> \\boxed{{{golds[call.last_user]}}}"
+                               for i in range(call.body.get("n", 1))])
+
+    with LoopbackOpenAI(script=perfect) as gen:
+        llm = OpenAICompatibleLLM(base_url=gen.url, model="gen")
+        assert _run(qa_samples, "medmcqa", medmcqa_seeded, {"n": 3}, generator=llm).success
+        res = _run(qa_verified, "medmcqa", medmcqa_seeded, {"keep": keep, "keep_k": k}, judge=llm)
+    assert res.success and all(c.passed for c in _checks(res).values())
+    con = duckdb.connect(str(medmcqa_seeded))
+    rows = con.execute("SELECT id, prompt_id, kept_sample_index FROM qa_verified ORDER BY id").fetchall()
+    per_prompt = 3 if keep == "all_correct" else k
+    assert len(rows) == per_prompt * len(golds) and len({r[0] for r in rows}) == len(rows)
+    assert all(r[0] == f"{r[1]}:{r[2]}" for r in rows)  # distinct, stable ids: prompt id + sample index
+    assert {r[2] for r in rows} == set(range(per_prompt))  # the shortest ones
+    assert con.execute("SELECT count(*) FROM qa_sample_verdicts WHERE kept").fetchone()[0] == len(rows)
+    md = res.get_asset_materialization_events()[0].materialization.metadata
+    assert md["rows_per_kept_prompt"].value == per_prompt and md["prompts_kept"].value == len(golds)
+    assert md["keep_rule"].value.startswith(keep)
+    # the blocking re-verification catches a tampered kept row under this rule too
+    con.execute("UPDATE qa_samples SET reference = CASE reference WHEN 'A' THEN 'B' ELSE 'A' END WHERE sample_index = 1")
+    con.close()
+    total, failures, _ = recheck_kept(Warehouse(path=str(medmcqa_seeded)), "medmcqa")
+    assert total == len(rows) and failures == len(golds)
+
+
 @pytest.mark.slow
 def test_qa_stage_with_the_real_embedded_model(warehouse_path):
     """SmolLM2-135M through llama.cpp: every sample is stored and judged for what it is."""
     assert _run(qa_seed_rows, "medqa", warehouse_path).success
     llm = LlamaCppLLM(n_ctx=2048)
-    res = _run(qa_samples, "medqa", warehouse_path, {"n": 2, "max_tokens": 48}, llm=llm)
+    res = _run(qa_samples, "medqa", warehouse_path, {"n": 2, "max_tokens": 48}, generator=llm)
     assert res.success and all(c.passed for c in _checks(res).values())
     verified = _run(qa_verified, "medqa", warehouse_path, judge=llm)
     assert verified.success

@@ -177,13 +177,21 @@ def test_real_minilm_embeddings_unit_norm_and_bf16_matches_fp32():
 
 # ---- the assets, on the bundled sample ------------------------------------------------------------------------
 
-def _scripted_classifier(call):
-    """A boundary fake for the LLM: clinical vignettes are Medical, everything else Mathematics."""
+def _answer(call, label: str, reasoning: str | None = None):
+    """The classifier's reply in the format asked for: the label's JSON under a schema, else `Domain: X`."""
     from iimed_assets.testing.openai_loopback import Reply
 
+    if call.response_schema is not None:
+        assert label in call.response_schema["properties"]["domain"]["enum"]
+        return Reply.json({"domain": label}, reasoning=reasoning)
+    return Reply(contents=[f"Domain: {label}"], reasoning=reasoning)
+
+
+def _scripted_classifier(call):
+    """A boundary fake for the LLM: clinical vignettes are Medical, everything else Mathematics."""
     question = call.last_user.split("</question>")[0]
     medical = any(w in question.lower() for w in ("year-old", "patient", "clinical", "disease", "diagnosis"))
-    return Reply(contents=["Domain: Medical" if medical else "Domain: Mathematics"])
+    return _answer(call, "Medical" if medical else "Mathematics")
 
 
 def _section3(warehouse_path, llm, partition="synthetic_1", domain_config=None):
@@ -193,7 +201,7 @@ def _section3(warehouse_path, llm, partition="synthetic_1", domain_config=None):
     from iimed_assets.resources.embedder import Embedder
     from iimed_assets.resources.warehouse import Warehouse
 
-    resources = {"warehouse": Warehouse(), "catalog": SourceCatalog(), "embedder": Embedder(), "llm": llm}
+    resources = {"warehouse": Warehouse(), "catalog": SourceCatalog(), "embedder": Embedder(), "classifier": llm}
     results = {}
     with dg.instance_for_test() as instance:
         for asset, key in [(r1_trace_rows, partition), (r1_prompt_embeddings, partition), (r1_clusters, None),
@@ -257,22 +265,61 @@ def test_every_cluster_labelled_check_fails_when_a_cluster_has_no_votes(warehous
         warehouse, _ = _section3(warehouse_path, llm)
         with warehouse.connect() as con:
             con.execute("DELETE FROM r1_trace_rows WHERE id IN (SELECT id FROM r1_clusters WHERE cluster_id = 0)")
-        result = dg.materialize([r1_cluster_domains], resources={"warehouse": Warehouse(), "llm": llm},
+        result = dg.materialize([r1_cluster_domains], resources={"warehouse": Warehouse(), "classifier": llm},
                                 raise_on_error=False)
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_cluster_labelled"]
     assert not check.passed and check.metadata["unlabelled_clusters"].value == 1
 
 
 def test_real_smollm2_labels_clusters(warehouse_path):
-    """The embedded model end to end (2 voters per cluster to keep it short): every cluster gets a label."""
+    """The embedded LLM end to end (2 voters per cluster to keep it short): its answers are grammar-constrained
+    to the label list, so every vote is a label, never unknown."""
     from iimed_assets.resources.llm import LlamaCppLLM
 
     warehouse, results = _section3(warehouse_path, LlamaCppLLM(n_ctx=2048), domain_config={"voters": 2})
     labels = warehouse.fetch("SELECT label, answer FROM r1_domain_votes")
     assert len(labels) == 2 * warehouse.fetch_one("SELECT count(*) FROM r1_centroids")[0]
     assert all(answer and not answer.startswith("error") for _, answer in labels)
-    assert all(label in (*domains.DOMAINS, UNKNOWN) for label, _ in labels)
+    assert all(label in domains.DOMAINS for label, _ in labels), labels
     assert warehouse.fetch_one("SELECT count(*) FROM r1_cluster_domains WHERE domain IS NULL")[0] == 0
+    md = results["r1_cluster_domains"].asset_materializations_for_node("r1_cluster_domains")[0].metadata
+    assert md["unknown_answers"].value == 0 and md["structured_answers"].value == len(labels)
+
+
+def test_embedding_classifier_labels_clusters_and_keeps_the_medical_ones(warehouse_path):
+    """The laptop profile's classifier (MiniLM nearest exemplars) on the bundled R1 sample: the clinical traces
+    stay, GSM8K does not, and no vote is unknown."""
+    from iimed_assets.resources.llm import EmbeddingClassifier
+
+    warehouse, results = _section3(warehouse_path, EmbeddingClassifier())
+    md = results["r1_cluster_domains"].asset_materializations_for_node("r1_cluster_domains")[0].metadata
+    assert md["unknown_answers"].value == 0 and md["classifier/model"].value == "embedding:all-MiniLM-L6-v2"
+    labels = dict(warehouse.fetch("SELECT label, count(*) FROM r1_domain_votes GROUP BY 1"))
+    assert set(labels) <= set(domains.DOMAINS) and labels.get("Medical", 0) > 0
+    medqa_kept, gsm_kept = warehouse.fetch_one(
+        "SELECT count(*) FILTER (WHERE t.prompt ILIKE '%year-old%'), count(*) FILTER (WHERE t.prompt NOT ILIKE "
+        "'%year-old%') FROM r1_medical_traces t")
+    assert medqa_kept >= 30 and gsm_kept <= 6, (medqa_kept, gsm_kept)  # of 40 MedQA and 60 GSM8K, with K=2-3
+
+
+def test_reasoning_classifier_thinks_before_its_label(warehouse_path):
+    """A reasoning model as classifier: its thinking (inline <think>, or a server's reasoning_content) names
+    other domains, and only the answer after it counts."""
+    from iimed_assets.resources.llm import OpenAICompatibleLLM
+    from iimed_assets.testing.openai_loopback import LoopbackOpenAI, Reply
+
+    def thinking(call):
+        label = _scripted_classifier(call).contents[0]
+        if call.number % 2:  # inline, with a misleading label inside the reasoning
+            return Reply(contents=['<think>Could be Law, or {"domain": "Law"}?</think>' + label])
+        return _answer(call, json.loads(label)["domain"], reasoning="Maybe Physics? No.")
+
+    with LoopbackOpenAI(script=thinking) as server:
+        warehouse, _ = _section3(warehouse_path, OpenAICompatibleLLM(base_url=server.url, model="thinker",
+                                                                     max_tokens=2048))
+        assert all(c.body["max_tokens"] == 2048 for c in server.calls)  # the role's budget leaves room to think
+    labels = {label for (label,) in warehouse.fetch("SELECT DISTINCT label FROM r1_domain_votes")}
+    assert labels <= {"Medical", "Mathematics"} and "Medical" in labels
 
 
 def test_mixed_clusters_and_per_prompt_selection_within_budget():
@@ -292,10 +339,8 @@ def test_mixed_clusters_and_per_prompt_selection_within_budget():
 
 def _split_classifier(call):
     """A boundary fake that splits every cluster: even-length questions are Medical, odd ones Law."""
-    from iimed_assets.testing.openai_loopback import Reply
-
     question = call.last_user.split("</question>")[0]
-    return Reply(contents=["Domain: Medical" if len(question) % 2 == 0 else "Domain: Law"])
+    return _answer(call, "Medical" if len(question) % 2 == 0 else "Law")
 
 
 @pytest.mark.parametrize("budget", [10.0, 0.0])

@@ -2,7 +2,7 @@
 
 r1_trace_rows ─► r1_prompt_embeddings[source] ─► r1_clusters ─► r1_cluster_domains ─► r1_medical_traces
 
-Prompts are embedded (all-MiniLM-L6-v2), clustered with faiss K-means, each cluster is labelled by an LLM
+Prompts are embedded (all-MiniLM-L6-v2), clustered with faiss K-means, each cluster is labelled by a classifier
 vote over the 10 prompts nearest its centroid, and the traces of Medical/Biology clusters are kept; every
 other trace goes to the ledger as `domain:<label>`. Algorithms live in core.clustering / core.domains.
 """
@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -24,11 +25,12 @@ from iimed_assets import checks
 from iimed_assets.assets.common import GPU_POOL, histogram_markdown, histogram_png_markdown, markdown_table, \
     sample_column_schema
 from iimed_assets.core import clustering, domains
-from iimed_assets.core.llm import ChatRequest
+from iimed_assets.core.llm import UsageStats
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA
 from iimed_assets.partitions import r1_trace_partitions
 from iimed_assets.resources.embedder import Embedder
-from iimed_assets.resources.llm import LLMResource, usage_metadata
+from iimed_assets.profiles import active_profile
+from iimed_assets.resources.llm import LabelResult, RoleResource, usage_metadata
 from iimed_assets.resources.warehouse import Warehouse
 
 EMBEDDING_OK = "embedding_dim_and_norm"
@@ -36,6 +38,7 @@ EVERY_ROW_CLUSTERED = "every_row_clustered"
 EVERY_CLUSTER_LABELLED = "every_cluster_labelled"
 VOTE_AGREEMENT = "vote_agreement"
 NORM_TOLERANCE = 1e-3
+PROFILE = active_profile()
 
 
 def _write_parquet(path: Path, table: pa.Table) -> Path:
@@ -276,16 +279,54 @@ def _compare_with_flat(x: np.ndarray, result: clustering.KMeansResult, config: C
 
 # ---- r1_cluster_domains -----------------------------------------------------------------------------------
 
+DOMAIN_LABELS_SCHEMA = pa.schema([
+    ("cluster_id", pa.int32()), ("domain", pa.string()), ("keep", pa.bool_()), ("agreement", pa.float64()),
+    ("voters", pa.int32()), ("votes", pa.string()), ("tie_break", pa.string()), ("size", pa.int64()),
+    ("mixed", pa.bool_()), ("per_prompt", pa.bool_())])
+DOMAIN_VOTES_SCHEMA = pa.schema([("cluster_id", pa.int32()), ("rank", pa.int64()), ("source", pa.string()),
+                                 ("id", pa.string()), ("label", pa.string()), ("answer", pa.string())])
+PROMPT_DOMAINS_SCHEMA = pa.schema([("cluster_id", pa.int32()), ("source", pa.string()), ("id", pa.string()),
+                                   ("label", pa.string())])
+DOMAIN_COLUMNS = [
+    dg.TableColumn("cluster_id", "INTEGER"), dg.TableColumn("domain", "VARCHAR"),
+    dg.TableColumn("keep", "BOOLEAN", description="Medical or Biology"),
+    dg.TableColumn("agreement", "DOUBLE", description="share of voters choosing the label"),
+    dg.TableColumn("voters", "INTEGER"), dg.TableColumn("votes", "JSON", description="label -> count"),
+    dg.TableColumn("tie_break", "VARCHAR", description="how a tie was broken, empty if none"),
+    dg.TableColumn("size", "BIGINT", description="prompts in the cluster"),
+    dg.TableColumn("mixed", "BOOLEAN", description="voters split between keep and drop domains"),
+    dg.TableColumn("per_prompt", "BOOLEAN", description="every prompt classified (r1_prompt_domains); their own "
+                                                        "labels decide, not the majority")]
+
+
 class DomainConfig(dg.Config):
-    voters: int = Field(default=domains.VOTERS_PER_CLUSTER, description="prompts nearest each centroid that vote")
-    max_tokens: int = Field(default=16, description="the answer is one domain name")
+    voters: int = Field(default=PROFILE.domain_voters, description="prompts nearest each centroid that vote")
+    max_tokens: int = Field(default=PROFILE.domain_max_tokens, description="an LLM classifier's answer budget (one "
+                                                                           "domain name, constrained)")
     temperature: float = 0.0
     seed: int = 0
     min_median_agreement: float = Field(default=0.6, description="WARN when the median vote agreement is lower")
     per_prompt_budget: float = Field(
-        default=1.0, description="mixed clusters (voters split between Medical/Biology and other domains) get every "
-                                 "prompt classified, within this many extra LLM calls per voter call; 0 keeps the "
-                                 "recipe's pure cluster-majority labels")
+        default=PROFILE.per_prompt_budget,
+        description="mixed clusters (voters split between Medical/Biology and other domains) get every prompt "
+                    "classified, within this many extra classifications per voter; 0 keeps the recipe's pure "
+                    "cluster-majority labels")
+
+
+@dataclass
+class _Labelled:
+    """The classifier's work on one set of prompts: labels, answers and usage, summed over calls."""
+
+    stats: UsageStats = field(default_factory=UsageStats)
+    structured: int = 0
+
+    def label(self, classifier: RoleResource, config: DomainConfig, warehouse: Warehouse, log,
+              prompts: list[str]) -> LabelResult:
+        result = classifier.label(prompts, domains.DOMAIN_TASK, max_tokens=config.max_tokens,
+                                  temperature=config.temperature, seed=config.seed, cache=warehouse, log=log)
+        self.stats.merge(result.stats)
+        self.structured += result.structured
+        return result
 
 
 @dg.asset(
@@ -301,8 +342,8 @@ class DomainConfig(dg.Config):
     ],
 )
 def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, warehouse: Warehouse,
-                       llm: LLMResource) -> dg.MaterializeResult:
-    """One domain per cluster: the LLM classifies the prompts nearest the centroid, the majority labels it.
+                       classifier: RoleResource) -> dg.MaterializeResult:
+    """One domain per cluster: the `classifier` labels the prompts nearest the centroid, the majority labels it.
     Votes per prompt are in the side table r1_domain_votes."""
     voters = warehouse.fetch(
         "SELECT c.cluster_id, c.rank, c.source, c.id, t.prompt FROM (SELECT cluster_id, source, id, row_number() "
@@ -310,42 +351,44 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
         "JOIN r1_trace_rows t ON t.id = c.id AND t.source = c.source WHERE c.rank <= ? ORDER BY c.cluster_id, c.rank",
         [config.voters])
     context.log.info(f"r1_cluster_domains: classifying {len(voters):,} prompts nearest their centroids "
-                     f"with {llm.model_id}")
-    requests = [ChatRequest.of(domains.classification_messages(v[4]), n=1, temperature=config.temperature,
-                               max_tokens=config.max_tokens, seed=config.seed) for v in voters]
-    results, stats = llm.generate(requests, cache=warehouse, log=context.log.info) if requests else ([], None)
-    by_cluster: dict[int, list[tuple]] = {}
-    vote_rows = []
-    for (cluster_id, rank, source, row_id, _), (completion,) in zip(voters, results):
-        label = domains.parse_domain(completion.text) if completion.ok else domains.UNKNOWN
-        by_cluster.setdefault(cluster_id, []).append(label)
-        vote_rows.append({"cluster_id": cluster_id, "rank": rank, "source": source, "id": row_id, "label": label,
-                          "answer": completion.text[:200] if completion.ok else f"error: {completion.error}"})
+                     f"with {classifier.model_id}")
+    work = _Labelled()
+    voted = work.label(classifier, config, warehouse, context.log.info, [v[4] for v in voters])
+    vote_rows = [{"cluster_id": cid, "rank": rank, "source": source, "id": rid, "label": label, "answer": answer}
+                 for (cid, rank, source, rid, _), label, answer in zip(voters, voted.labels, voted.answers)]
+    by_cluster: dict[int, list[str]] = {}
+    for v in vote_rows:
+        by_cluster.setdefault(v["cluster_id"], []).append(v["label"])
     sizes = dict(warehouse.fetch("SELECT cluster_id, size FROM r1_centroids"))
-    mixed = [(cid, domains.keep_share(labels), int(sizes.get(cid, 0)), len(labels))
-             for cid, labels in sorted(by_cluster.items()) if domains.is_mixed(labels)]
-    mixed_ids = {m[0] for m in mixed}
-    refined = set(domains.select_mixed_for_per_prompt(mixed, config.per_prompt_budget * len(voters)))
-    prompt_rows, per_prompt_calls = _classify_mixed_clusters(context, config, warehouse, llm, refined, vote_rows)
-    label_rows = []
-    for cluster_id, labels in sorted(by_cluster.items()):
-        vote = domains.majority_vote(labels)
-        label_rows.append({"cluster_id": cluster_id, "domain": vote.label, "keep": domains.keep(vote.label),
-                           "agreement": vote.agreement, "voters": vote.voters, "votes": json.dumps(vote.votes),
-                           "tie_break": vote.tie_break, "size": int(sizes.get(cluster_id, 0)),
-                           "mixed": cluster_id in mixed_ids, "per_prompt": cluster_id in refined})
+    label_rows, refined, mixed = domains.vote_clusters(by_cluster, sizes, config.per_prompt_budget * len(voters))
+    prompt_rows, per_prompt_calls = _classify_mixed_clusters(context, config, warehouse, classifier, work, refined,
+                                                             vote_rows)
+    _write_domain_tables(context, warehouse, label_rows, vote_rows, prompt_rows)
+    warehouse.record_stage("r1_cluster_domains", context.run.run_id,
+                           {"voters": config.voters, "model": classifier.model_id, "domains": list(domains.DOMAINS),
+                            "keep": sorted(domains.KEEP_DOMAINS), "per_prompt_budget": config.per_prompt_budget,
+                            "profile": PROFILE.name},
+                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows),
+                            "mixed_clusters": mixed, "per_prompt_clusters": len(refined),
+                            "per_prompt_calls": per_prompt_calls})
+    summary = _DomainSummary.of(warehouse, label_rows, vote_rows, prompt_rows, mixed, len(refined), per_prompt_calls,
+                                round(config.per_prompt_budget * len(voters)), work.structured)
+    return dg.MaterializeResult(
+        metadata={**summary.metadata(), **usage_metadata(work.stats if voters else None, classifier, "classifier")},
+        check_results=summary.checks(config.min_median_agreement))
+
+
+def _write_domain_tables(context, warehouse: Warehouse, label_rows: list[dict], vote_rows: list[dict],
+                         prompt_rows: list[dict]) -> None:
+    """r1_cluster_domains with its side tables r1_domain_votes and r1_prompt_domains, in one swap."""
+    labels = [{**r, "votes": json.dumps(r["votes"])} for r in label_rows]
     with tempfile.TemporaryDirectory(prefix="r1_domains-", dir=warehouse.staging_dir) as tmp:
-        labels_path = _write_parquet(Path(tmp) / "labels.parquet", pa.Table.from_pylist(label_rows, schema=pa.schema([
-            ("cluster_id", pa.int32()), ("domain", pa.string()), ("keep", pa.bool_()), ("agreement", pa.float64()),
-            ("voters", pa.int32()), ("votes", pa.string()), ("tie_break", pa.string()), ("size", pa.int64()),
-            ("mixed", pa.bool_()), ("per_prompt", pa.bool_())])))
-        prompts_schema = pa.schema([("cluster_id", pa.int32()), ("source", pa.string()), ("id", pa.string()),
-                                    ("label", pa.string())])
+        labels_path = _write_parquet(Path(tmp) / "labels.parquet",
+                                     pa.Table.from_pylist(labels, schema=DOMAIN_LABELS_SCHEMA))
         prompts_path = _write_parquet(Path(tmp) / "prompts.parquet",
-                                      pa.Table.from_pylist(prompt_rows, schema=prompts_schema))
-        votes_path = _write_parquet(Path(tmp) / "votes.parquet", pa.Table.from_pylist(vote_rows, schema=pa.schema([
-            ("cluster_id", pa.int32()), ("rank", pa.int64()), ("source", pa.string()), ("id", pa.string()),
-            ("label", pa.string()), ("answer", pa.string())])))
+                                      pa.Table.from_pylist(prompt_rows, schema=PROMPT_DOMAINS_SCHEMA))
+        votes_path = _write_parquet(Path(tmp) / "votes.parquet",
+                                    pa.Table.from_pylist(vote_rows, schema=DOMAIN_VOTES_SCHEMA))
         warehouse.replace_table(
             table="r1_cluster_domains", asset="r1_cluster_domains",
             select_sql="SELECT * EXCLUDE (votes), votes::JSON AS votes FROM read_parquet(?) ORDER BY cluster_id",
@@ -354,90 +397,105 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
                           [str(votes_path)]),
                          ("r1_prompt_domains", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, source, id",
                           [str(prompts_path)])])
-    warehouse.record_stage("r1_cluster_domains", context.run.run_id,
-                           {"voters": config.voters, "model": llm.model_id, "domains": list(domains.DOMAINS),
-                            "keep": sorted(domains.KEEP_DOMAINS), "per_prompt_budget": config.per_prompt_budget},
-                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows),
-                            "mixed_clusters": len(mixed), "per_prompt_clusters": len(refined),
-                            "per_prompt_calls": per_prompt_calls})
-    unlabelled = warehouse.fetch_one(
-        "SELECT count(*) FROM r1_centroids c LEFT JOIN r1_cluster_domains d USING (cluster_id) "
-        "WHERE c.size > 0 AND (d.domain IS NULL OR d.voters = 0)")[0]
-    # a per-prompt cluster needs a label for every one of its prompts
-    prompts_unlabelled = warehouse.fetch_one(
-        "SELECT count(*) FROM r1_clusters c JOIN r1_cluster_domains d USING (cluster_id) ANTI JOIN r1_prompt_domains p "
-        "ON p.id = c.id AND p.source = c.source WHERE d.per_prompt")[0]
-    agreements = [r["agreement"] for r in label_rows]
-    median_agreement = statistics.median(agreements) if agreements else 0.0
-    clusters_by_domain = Counter(r["domain"] for r in label_rows)
-    rows_by_domain: Counter = Counter(p["label"] for p in prompt_rows)  # per-prompt clusters: own labels
-    for r in label_rows:
-        if not r["per_prompt"]:
-            rows_by_domain[r["domain"]] += r["size"]
-    prompt_labels = Counter(v["label"] for v in vote_rows)
-    samples = warehouse.fetch(
-        "SELECT d.domain, t.prompt FROM r1_cluster_domains d JOIN r1_domain_votes v ON v.cluster_id = d.cluster_id "
-        "AND v.rank = 1 JOIN r1_trace_rows t ON t.id = v.id AND t.source = v.source "
-        "QUALIFY row_number() OVER (PARTITION BY d.domain ORDER BY d.size DESC, d.cluster_id) <= 3 ORDER BY 1")
-    ties = [r for r in label_rows if r["tie_break"]]
-    total_rows = sum(rows_by_domain.values())
-    medical = sum(n for d, n in rows_by_domain.items() if domains.keep(d))
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(label_rows),
-            "dagster/column_schema": dg.TableSchema(columns=[
-                dg.TableColumn("cluster_id", "INTEGER"), dg.TableColumn("domain", "VARCHAR"),
-                dg.TableColumn("keep", "BOOLEAN", description="Medical or Biology"),
-                dg.TableColumn("agreement", "DOUBLE", description="share of voters choosing the label"),
-                dg.TableColumn("voters", "INTEGER"), dg.TableColumn("votes", "JSON", description="label -> count"),
-                dg.TableColumn("tie_break", "VARCHAR", description="how a tie was broken, empty if none"),
-                dg.TableColumn("size", "BIGINT", description="prompts in the cluster"),
-                dg.TableColumn("mixed", "BOOLEAN", description="voters split between keep and drop domains"),
-                dg.TableColumn("per_prompt", "BOOLEAN", description="every prompt classified (r1_prompt_domains); "
-                                                                    "their own labels decide, not the majority")]),
-            "model": llm.model_id,
-            "classified_prompts": len(vote_rows),
-            "median_agreement": round(median_agreement, 4),
+
+
+@dataclass
+class _DomainSummary:
+    """What r1_cluster_domains reports: the UI metadata and the two checks, from the stored tables."""
+
+    label_rows: list[dict]
+    prompt_labels: Counter
+    rows_by_domain: Counter
+    samples: list
+    unlabelled: int
+    prompts_unlabelled: int
+    mixed: int
+    per_prompt_clusters: int
+    per_prompt_calls: int
+    budget_calls: int
+    structured: int
+
+    @staticmethod
+    def of(warehouse: Warehouse, label_rows, vote_rows, prompt_rows, mixed, per_prompt_clusters, per_prompt_calls,
+           budget_calls, structured) -> "_DomainSummary":
+        unlabelled = warehouse.fetch_one(
+            "SELECT count(*) FROM r1_centroids c LEFT JOIN r1_cluster_domains d USING (cluster_id) "
+            "WHERE c.size > 0 AND (d.domain IS NULL OR d.voters = 0)")[0]
+        # a per-prompt cluster needs a label for every one of its prompts
+        prompts_unlabelled = warehouse.fetch_one(
+            "SELECT count(*) FROM r1_clusters c JOIN r1_cluster_domains d USING (cluster_id) ANTI JOIN "
+            "r1_prompt_domains p ON p.id = c.id AND p.source = c.source WHERE d.per_prompt")[0]
+        rows_by_domain: Counter = Counter(p["label"] for p in prompt_rows)  # per-prompt clusters: own labels
+        for r in label_rows:
+            if not r["per_prompt"]:
+                rows_by_domain[r["domain"]] += r["size"]
+        samples = warehouse.fetch(
+            "SELECT d.domain, t.prompt FROM r1_cluster_domains d JOIN r1_domain_votes v ON v.cluster_id = d.cluster_id "
+            "AND v.rank = 1 JOIN r1_trace_rows t ON t.id = v.id AND t.source = v.source "
+            "QUALIFY row_number() OVER (PARTITION BY d.domain ORDER BY d.size DESC, d.cluster_id) <= 3 ORDER BY 1")
+        return _DomainSummary(label_rows, Counter(v["label"] for v in vote_rows), rows_by_domain, samples,
+                              int(unlabelled), int(prompts_unlabelled), mixed, per_prompt_clusters, per_prompt_calls,
+                              budget_calls, structured)
+
+    @property
+    def median_agreement(self) -> float:
+        agreements = [r["agreement"] for r in self.label_rows]
+        return statistics.median(agreements) if agreements else 0.0
+
+    def metadata(self) -> dict:
+        clusters_by_domain = Counter(r["domain"] for r in self.label_rows)
+        ties = [r for r in self.label_rows if r["tie_break"]]
+        total_rows = sum(self.rows_by_domain.values())
+        medical = sum(n for d, n in self.rows_by_domain.items() if domains.keep(d))
+        domains_md = markdown_table(["domain", "clusters", "prompts"], [
+            (d, clusters_by_domain[d], self.rows_by_domain[d]) for d, _ in self.rows_by_domain.most_common()])
+        if self.rows_by_domain:
+            domains_md += "\n\n" + histogram_png_markdown(dict(self.rows_by_domain.most_common()),
+                                                          "prompts by cluster domain", "domain")
+        return {
+            "dagster/row_count": len(self.label_rows),
+            "dagster/column_schema": dg.TableSchema(columns=DOMAIN_COLUMNS),
+            "profile": PROFILE.name,
+            "classified_prompts": sum(self.prompt_labels.values()),
+            "structured_answers": self.structured,
+            "median_agreement": round(self.median_agreement, 4),
             "ties_broken": len(ties),
             "medical_biology_clusters": sum(n for d, n in clusters_by_domain.items() if domains.keep(d)),
             "medical_biology_row_share": round(medical / total_rows, 4) if total_rows else 0.0,
-            "mixed_clusters": len(mixed),
-            "per_prompt_clusters": len(refined),
-            "per_prompt_calls": per_prompt_calls,
-            "per_prompt_budget_calls": round(config.per_prompt_budget * len(voters)),
-            "mixed_clusters_over_budget": len(mixed) - len(refined),
-            "unknown_answers": prompt_labels.get(domains.UNKNOWN, 0),
-            "domains": dg.MetadataValue.md(
-                markdown_table(["domain", "clusters", "prompts"],
-                               [(d, clusters_by_domain[d], rows_by_domain[d]) for d, _ in rows_by_domain.most_common()])
-                + "\n\n" + (histogram_png_markdown(dict(rows_by_domain.most_common()), "prompts by cluster domain",
-                                                   "domain") if rows_by_domain else "")),
-            "prompt_labels": dg.MetadataValue.json(dict(prompt_labels.most_common())),
+            "mixed_clusters": self.mixed,
+            "per_prompt_clusters": self.per_prompt_clusters,
+            "per_prompt_calls": self.per_prompt_calls,
+            "per_prompt_budget_calls": self.budget_calls,
+            "mixed_clusters_over_budget": self.mixed - self.per_prompt_clusters,
+            "unknown_answers": self.prompt_labels.get(domains.UNKNOWN, 0),
+            "domains": dg.MetadataValue.md(domains_md),
+            "prompt_labels": dg.MetadataValue.json(dict(self.prompt_labels.most_common())),
             "sample_prompts_by_domain": dg.MetadataValue.md(markdown_table(["domain", "prompt nearest a centroid"],
-                                                                           samples, 200)),
+                                                                           self.samples, 200)),
             "ties": dg.MetadataValue.md(markdown_table(["cluster", "tie break"],
                                                        [(r["cluster_id"], r["tie_break"]) for r in ties[:10]])),
-            **(usage_metadata(stats, llm, prefix="llm") if stats is not None else {}),
-        },
-        check_results=[
-            dg.AssetCheckResult(check_name=EVERY_CLUSTER_LABELLED, passed=unlabelled == 0 and prompts_unlabelled == 0,
+        }
+
+    def checks(self, min_median_agreement: float) -> list[dg.AssetCheckResult]:
+        return [
+            dg.AssetCheckResult(check_name=EVERY_CLUSTER_LABELLED,
+                                passed=self.unlabelled == 0 and self.prompts_unlabelled == 0,
                                 severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"clusters": len(label_rows), "unlabelled_clusters": int(unlabelled),
-                                          "per_prompt_clusters": len(refined),
-                                          "unlabelled_prompts_in_per_prompt_clusters": int(prompts_unlabelled)}),
-            dg.AssetCheckResult(check_name=VOTE_AGREEMENT, passed=median_agreement >= config.min_median_agreement,
+                                metadata={"clusters": len(self.label_rows), "unlabelled_clusters": self.unlabelled,
+                                          "per_prompt_clusters": self.per_prompt_clusters,
+                                          "unlabelled_prompts_in_per_prompt_clusters": self.prompts_unlabelled}),
+            dg.AssetCheckResult(check_name=VOTE_AGREEMENT, passed=self.median_agreement >= min_median_agreement,
                                 severity=dg.AssetCheckSeverity.WARN,
-                                metadata={"median_agreement": round(median_agreement, 4),
-                                          "threshold": config.min_median_agreement,
-                                          "unknown_answers": prompt_labels.get(domains.UNKNOWN, 0)}),
-        ],
-    )
+                                metadata={"median_agreement": round(self.median_agreement, 4),
+                                          "threshold": min_median_agreement,
+                                          "unknown_answers": self.prompt_labels.get(domains.UNKNOWN, 0)}),
+        ]
 
 
-def _classify_mixed_clusters(context, config: DomainConfig, warehouse: Warehouse, llm: LLMResource,
-                             refined: set[int], vote_rows: list[dict]) -> tuple[list[dict], int]:
+def _classify_mixed_clusters(context, config: DomainConfig, warehouse: Warehouse, classifier: RoleResource,
+                             work: _Labelled, refined: set[int], vote_rows: list[dict]) -> tuple[list[dict], int]:
     """Every prompt of the chosen mixed clusters gets its own label: the voters' labels are reused, the other
-    prompts are classified with the same template (cached like every LLM call)."""
+    prompts are classified with the same task (cached like every LLM call)."""
     if not refined:
         return [], 0
     rest = warehouse.fetch(
@@ -447,14 +505,11 @@ def _classify_mixed_clusters(context, config: DomainConfig, warehouse: Warehouse
         "ORDER BY c.cluster_id, c.rank", [config.voters, sorted(refined)])
     context.log.info(f"r1_cluster_domains: {len(refined):,} mixed clusters get per-prompt labels: classifying "
                      f"{len(rest):,} more prompts")
-    requests = [ChatRequest.of(domains.classification_messages(r[3]), n=1, temperature=config.temperature,
-                               max_tokens=config.max_tokens, seed=config.seed) for r in rest]
-    results, _ = llm.generate(requests, cache=warehouse, log=context.log.info) if requests else ([], None)
+    labelled = work.label(classifier, config, warehouse, context.log.info, [r[3] for r in rest])
     rows = [{"cluster_id": v["cluster_id"], "source": v["source"], "id": v["id"], "label": v["label"]}
             for v in vote_rows if v["cluster_id"] in refined]
-    for (cluster_id, source, row_id, _), (completion,) in zip(rest, results):
-        rows.append({"cluster_id": cluster_id, "source": source, "id": row_id,
-                     "label": domains.parse_domain(completion.text) if completion.ok else domains.UNKNOWN})
+    rows += [{"cluster_id": cid, "source": source, "id": rid, "label": label}
+             for (cid, source, rid, _), label in zip(rest, labelled.labels)]
     return rows, len(rest)
 
 

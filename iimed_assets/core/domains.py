@@ -12,12 +12,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from iimed_assets.core.llm import UNKNOWN_LABEL, ChoiceTask, OutputSpec, parse_json_answer
+
 DOMAINS = (
     "Medical", "Biology", "Chemistry", "Physics", "Mathematics", "Computer Science", "Engineering",
     "Economics", "Law", "Psychology", "History", "Philosophy", "Literature", "Other",
 )
 KEEP_DOMAINS = frozenset({"Medical", "Biology"})
-UNKNOWN = "unknown"
+UNKNOWN = UNKNOWN_LABEL
 VOTERS_PER_CLUSTER = 10
 MAX_PROMPT_CHARS = 600  # the opening of a question shows its domain
 
@@ -45,32 +47,44 @@ _THINK_RE = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _ANSWER_RE = re.compile(r"(?:domain|answer|label|category)\s*(?:is)?\s*[:：\-]\s*\**\s*([^\n]*)", re.IGNORECASE)
 
 SYSTEM = "You classify questions by academic domain. Reply with the domain name only."
+SYSTEM_STRUCTURED = "You classify questions by academic domain. Reply with a JSON object only."
+# The constrained answer: one label of the list, nothing else.
+DOMAIN_SPEC = OutputSpec.of("domain", {
+    "type": "object", "properties": {"domain": {"type": "string", "enum": list(DOMAINS)}},
+    "required": ["domain"], "additionalProperties": False})
 
 
-def classification_messages(prompt: str) -> list[dict[str, str]]:
-    """Chat messages asking for one domain of DOMAINS; the prompt is clipped and fenced."""
+def _clip(prompt: str) -> str:
     text = " ".join(prompt.split())
-    if len(text) > MAX_PROMPT_CHARS:
-        text = text[:MAX_PROMPT_CHARS] + " …"
+    return text[:MAX_PROMPT_CHARS] + " …" if len(text) > MAX_PROMPT_CHARS else text
+
+
+def classification_messages(prompt: str, structured: bool = False) -> list[dict[str, str]]:
+    """Chat messages asking for one domain of DOMAINS; the prompt is clipped and fenced. `structured`: the
+    answer is the JSON object of DOMAIN_SPEC (the backend enforces it)."""
     options = ", ".join(DOMAINS)
     # Question first, instructions last: small models (SmolLM2-135M) answer the question itself when the
     # instructions come first (measured: 0/8 vs 6/8 MedQA questions labelled Medical).
+    form = '{"domain": "<name>"}' if structured else '"Domain: <name>"'
     return [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"<question>\n{text}\n</question>\n\nWhich domain does the question above "
-                                    f"belong to? Choose exactly one of: {options}. "
-                                    f"Answer in the form \"Domain: <name>\"."},
+        {"role": "system", "content": SYSTEM_STRUCTURED if structured else SYSTEM},
+        {"role": "user", "content": f"<question>\n{_clip(prompt)}\n</question>\n\nWhich domain does the question "
+                                    f"above belong to? Choose exactly one of: {options}. Answer in the form {form}."},
     ]
 
 
-def parse_domain(text: str | None) -> str:
+def parse_domain(text: str | None, structured: bool = False) -> str:
     """The domain an answer names, or UNKNOWN.
 
-    Reasoning in <think> is ignored. An explicit "Domain: X" wins; otherwise the first domain name or
-    synonym in the answer counts. An answer naming nothing on the list is UNKNOWN.
+    Reasoning in <think> is ignored. Structured: the answer must be DOMAIN_SPEC's JSON object with a label of
+    the list. Free text: an explicit "Domain: X" wins; otherwise the first domain name or synonym in the answer
+    counts. An answer naming nothing on the list is UNKNOWN.
     """
     if not text:
         return UNKNOWN
+    if structured:
+        value = (parse_json_answer(text) or {}).get("domain")
+        return value if value in DOMAINS else UNKNOWN
     body = _THINK_RE.sub(" ", text).strip()
     for candidate in [m.group(1) for m in _ANSWER_RE.finditer(body)] + [body]:
         match = _NAME_RE.search(candidate)
@@ -147,3 +161,35 @@ def select_mixed_for_per_prompt(mixed: list[tuple[int, float, int, int]], budget
             chosen.append(cluster_id)
             spent += extra
     return sorted(chosen)
+
+
+# ---- the task, for any classifier -------------------------------------------------------------------------------
+
+def _domain_task() -> ChoiceTask:
+    from iimed_assets.core.domain_exemplars import EXEMPLARS
+
+    return ChoiceTask(name="domain", labels=DOMAINS, spec=DOMAIN_SPEC, render=classification_messages,
+                      parse=parse_domain, exemplars=EXEMPLARS)
+
+
+DOMAIN_TASK = _domain_task()
+
+
+def vote_clusters(labels_by_cluster: dict[int, list[str]], sizes: dict[int, int],
+                  per_prompt_budget_calls: float) -> tuple[list[dict], set[int], int]:
+    """Label every cluster from its voters' labels (nearest first).
+
+    Returns (one row per cluster: domain, keep, agreement, voters, votes, tie_break, size, mixed, per_prompt;
+    the mixed clusters chosen for per-prompt labels within the budget; how many clusters were mixed)."""
+    mixed = [(cid, keep_share(labels), int(sizes.get(cid, 0)), len(labels))
+             for cid, labels in sorted(labels_by_cluster.items()) if is_mixed(labels)]
+    refined = set(select_mixed_for_per_prompt(mixed, per_prompt_budget_calls))
+    mixed_ids = {m[0] for m in mixed}
+    rows = []
+    for cluster_id, labels in sorted(labels_by_cluster.items()):
+        vote = majority_vote(labels)
+        rows.append({"cluster_id": cluster_id, "domain": vote.label, "keep": keep(vote.label),
+                     "agreement": vote.agreement, "voters": vote.voters, "votes": vote.votes,
+                     "tie_break": vote.tie_break, "size": int(sizes.get(cluster_id, 0)),
+                     "mixed": cluster_id in mixed_ids, "per_prompt": cluster_id in refined})
+    return rows, refined, len(mixed)

@@ -1,15 +1,55 @@
 """The LLM protocol shared by every backend: requests, completions, cache keys and accounting.
 
 Pure Python. A backend turns `ChatRequest`s into `Completion`s; everything else here (cache keys,
-usage totals, cost) is the same whatever answers the requests.
+usage totals, cost, the rules every backend shares: empty text is `finish_reason="empty"`, a `<think>` block
+is not the answer, a structured answer is one JSON object) is the same whatever answers the requests.
+
+Constrained answers (a label, a score, a verdict) carry an `OutputSpec`: a JSON schema that each backend
+enforces with its own structured-output support (llama.cpp: a grammar built from the schema; vLLM: structured
+outputs; OpenAI-compatible servers: `response_format` json_schema). The spec is part of the cache key.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A JSON schema the answer must follow (one JSON object). Frozen and hashable: `schema_json` is the
+    schema serialised with sorted keys, so equal schemas give equal cache keys."""
+
+    name: str
+    schema_json: str
+
+    @staticmethod
+    def of(name: str, schema: dict[str, Any]) -> "OutputSpec":
+        return OutputSpec(name, json.dumps(schema, sort_keys=True, separators=(",", ":")))
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return json.loads(self.schema_json)
+
+    def response_format(self) -> dict[str, Any]:
+        """The OpenAI chat-completions `response_format` for this spec (OpenAI, vLLM and SGLang servers).
+
+        String length bounds are left out: OpenAI's strict mode has not always accepted them (the prompt asks
+        for a short text and the token budget bounds it); llama.cpp and vLLM's offline engine get them."""
+        return {"type": "json_schema",
+                "json_schema": {"name": self.name, "schema": _without(self.schema, {"maxLength", "minLength"}),
+                                "strict": True}}
+
+
+def _without(schema: Any, keys: set[str]) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without(v, keys) for k, v in schema.items() if k not in keys}
+    if isinstance(schema, list):
+        return [_without(v, keys) for v in schema]
+    return schema
 
 
 @dataclass(frozen=True)
@@ -23,6 +63,7 @@ class ChatRequest:
     max_tokens: int = 1024
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    output: OutputSpec | None = None  # a constrained answer: the backend enforces this JSON schema
 
     @staticmethod
     def of(messages: Sequence[dict[str, str]] | Sequence[tuple[str, str]], **params: Any) -> "ChatRequest":
@@ -55,17 +96,39 @@ class Completion:
     def ok(self) -> bool:
         return self.error is None
 
+    @staticmethod
+    def answered(text: str | None, finish_reason: str | None, prompt_tokens: int = 0,
+                 completion_tokens: int = 0) -> "Completion":
+        """A backend's answer. The one place of the rule: empty text is `finish_reason="empty"`, never a
+        silent answer."""
+        text = text or ""
+        finish = finish_reason or "unknown"
+        if not text.strip():
+            finish = "empty"
+        return Completion(text, finish, prompt_tokens, completion_tokens)
+
+    @staticmethod
+    def failed(error: str) -> "Completion":
+        return Completion("", "error", error=error[:500])
+
+
+# Set on a Completion's `error` when a server refused the request's OutputSpec (not a transient failure):
+# the caller falls back to free text and its parsers (see LLMResource.ask).
+STRUCTURED_OUTPUT_REJECTED = "structured_output_rejected"
+
 
 def cache_key(model_id: str, request: ChatRequest, sample_index: int) -> str:
     """Hash of (backend model, sampling parameters, rendered messages, sample index).
 
     A different prompt template renders different messages and so a different key; so does any change
-    of temperature, top_p, max_tokens, seed or stop.
+    of temperature, top_p, max_tokens, seed, stop or of the structured-output schema.
     """
-    payload = json.dumps(
-        {"model": model_id, "sampling": request.sampling(), "messages": request.messages, "i": sample_index},
-        ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    payload: dict[str, Any] = {"model": model_id, "sampling": request.sampling(), "messages": request.messages,
+                               "i": sample_index}
+    if request.output is not None:  # only when set, so free-text keys stay what they were
+        payload["output"] = [request.output.name, request.output.schema_json]
+    payload_text = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload_text.encode("utf-8")).hexdigest()
 
 
 def sample_seed(seed: int | None, sample_index: int) -> int | None:
@@ -103,8 +166,78 @@ class UsageStats:
         for reason, n in other.finish_reasons.items():
             self.finish_reasons[reason] = self.finish_reasons.get(reason, 0) + n
 
+    def drop_failures(self, count: int, reason: str = "error") -> None:
+        """Forget `count` failed samples that were asked again (a structured-output rejection retried as free
+        text): the retry's own outcome is what counts."""
+        self.failures -= count
+        self.samples -= count
+        left = self.finish_reasons.get(reason, 0) - count
+        if left > 0:
+            self.finish_reasons[reason] = left
+        else:
+            self.finish_reasons.pop(reason, None)
+
     def cost(self, usd_per_1m_prompt: float, usd_per_1m_completion: float) -> float:
         return (self.prompt_tokens * usd_per_1m_prompt + self.completion_tokens * usd_per_1m_completion) / 1e6
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ---- reading answers ------------------------------------------------------------------------------------
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+
+
+def strip_think(text: str | None) -> str | None:
+    """The answer without its reasoning: every closed `<think>…</think>` block removed, and the text before a
+    lone `</think>` (chat templates that open the block in the prompt, e.g. Qwen3's). None when a think block
+    opens and never closes (cut off while thinking: there is no answer)."""
+    if text is None:
+        return None
+    body = _THINK_BLOCK.sub(" ", text)
+    closing = body.lower().rfind("</think>")
+    if closing >= 0:
+        body = body[closing + len("</think>"):]
+    if "<think>" in body.lower():
+        return None
+    return body.strip()
+
+
+def parse_json_answer(text: str | None) -> dict[str, Any] | None:
+    """A structured answer: after the reasoning, the whole remaining text must be one JSON object (a code
+    fence around it is tolerated). Anything else is None: a JSON object quoted inside other text (e.g. a
+    judge echoing its prompt) is not an answer."""
+    body = strip_think(text)
+    if not body:
+        return None
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.DOTALL)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+# ---- constrained tasks ------------------------------------------------------------------------------------
+
+UNKNOWN_LABEL = "unknown"
+
+
+@dataclass(frozen=True)
+class ChoiceTask:
+    """Put a text into one of `labels` (the section-3 domain vote is one).
+
+    `render(text, structured)` gives the chat messages (structured: the answer is constrained by `spec`);
+    `parse(answer, structured)` gives a label or UNKNOWN_LABEL. `exemplars` (label -> example texts written for
+    the task) let a classifier that does not generate (an embedding classifier) decide too.
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    spec: OutputSpec
+    render: Callable[[str, bool], list[dict[str, str]]]
+    parse: Callable[[str, bool], str]
+    exemplars: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

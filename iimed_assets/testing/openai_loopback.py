@@ -1,7 +1,11 @@
 """A real HTTP server on 127.0.0.1 that speaks OpenAI chat completions with scripted answers.
 
 Used by the tests and by bench/llm_client.py. It counts requests and can inject latency, 429 with
-Retry-After, 5xx, hangs (for timeouts), malformed JSON, truncated (`length`) and empty answers.
+Retry-After, 5xx, hangs (for timeouts), malformed JSON, truncated (`length`) and empty answers. Structured
+outputs: a server made with `structured_outputs=False` answers a request that carries `response_format` with
+HTTP 400 naming the parameter, as servers without json_schema support do; otherwise the request reaches the
+script, which sees the schema in `call.response_schema` (and may answer with `Reply.json(...)`), and
+`reasoning` in a Reply is sent the way vLLM's reasoning parser sends it (`message.reasoning_content`).
 
     with LoopbackOpenAI(latency_s=0.05) as server:
         llm = OpenAICompatibleLLM(base_url=server.url, model="scripted")
@@ -30,6 +34,12 @@ class Call:
         users = [m["content"] for m in self.body.get("messages", []) if m.get("role") == "user"]
         return users[-1] if users else ""
 
+    @property
+    def response_schema(self) -> dict[str, Any] | None:
+        """The JSON schema of a structured-output request, None for free text."""
+        fmt = self.body.get("response_format") or {}
+        return (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+
 
 @dataclass
 class Reply:
@@ -39,6 +49,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     raw_body: bytes | None = None  # sent as is (malformed JSON)
     delay_s: float = 0.0
+    reasoning: str | None = None  # sent as message.reasoning_content (a server-side reasoning parser)
+
+    @staticmethod
+    def json(value: dict[str, Any], reasoning: str | None = None) -> "Reply":
+        return Reply(contents=[json.dumps(value)], reasoning=reasoning)
 
     @staticmethod
     def error(status: int, retry_after: float | None = None) -> "Reply":
@@ -63,9 +78,10 @@ class LoopbackOpenAI:
     """Start with `with LoopbackOpenAI() as s:`; `s.url` is the base URL including /v1."""
 
     def __init__(self, latency_s: float = 0.0, supports_n: bool = True,
-                 script: Callable[[Call], Reply | None] | None = None):
+                 script: Callable[[Call], Reply | None] | None = None, structured_outputs: bool = True):
         self.latency_s = latency_s
         self.supports_n = supports_n
+        self.structured_outputs = structured_outputs
         self.script = script
         self.calls: list[Call] = []
         self.in_flight = 0
@@ -103,7 +119,12 @@ class LoopbackOpenAI:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
-                    reply = (outer.script(call) if outer.script else None) or Reply()
+                    if "response_format" in call.body and not outer.structured_outputs:
+                        reply = Reply(status=400, raw_body=json.dumps({"error": {
+                            "message": "response_format of type json_schema is not supported by this server",
+                            "type": "invalid_request_error", "param": "response_format"}}).encode())
+                    else:
+                        reply = (outer.script(call) if outer.script else None) or Reply()
                     time.sleep(outer.latency_s + reply.delay_s)
                     self._send(call, reply)
                 except (BrokenPipeError, ConnectionResetError):
@@ -121,7 +142,9 @@ class LoopbackOpenAI:
                     payload = json.dumps({
                         "id": f"cmpl-{call.number}", "object": "chat.completion", "created": int(time.time()),
                         "model": call.body.get("model", "scripted"),
-                        "choices": [{"index": i, "message": {"role": "assistant", "content": c},
+                        "choices": [{"index": i, "message": {"role": "assistant", "content": c,
+                                                             **({"reasoning_content": reply.reasoning}
+                                                                if reply.reasoning else {})},
                                      "finish_reason": reply.finish_reason} for i, c in enumerate(contents)],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5 * len(contents),
                                   "total_tokens": 10 + 5 * len(contents)},

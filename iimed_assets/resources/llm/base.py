@@ -1,0 +1,254 @@
+"""The role resources' shared base: the generation loop (cache, resume, progress, accounting), constrained
+answers with a fallback to free text, and what every stage shows about the model it used.
+
+    completions, stats = generator.generate(requests, cache=warehouse, log=context.log.info)
+    answers = judge.ask(build, cache=warehouse, log=...)      # build(structured) -> requests
+    result = classifier.label(texts, task, cache=warehouse, log=...)
+
+`RoleResource` is what a recipe role needs (`label`, `describe`, `model_id`); `LLMResource` adds generation.
+The backends subclass `LLMResource` and implement `_run` and `model_id`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from iimed_assets.core.llm import (
+    STRUCTURED_OUTPUT_REJECTED,
+    ChatRequest,
+    ChoiceTask,
+    Completion,
+    UNKNOWN_LABEL,
+    UsageStats,
+    cache_key,
+)
+from iimed_assets.resources.llm.cache import RequestCache
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class WorkItem:
+    """The samples of one request that are not in the cache yet."""
+
+    index: int
+    request: ChatRequest
+    sample_indices: list[int]
+
+
+OnDone = Callable[[int, int, Completion], None]
+
+
+@dataclass
+class Answers:
+    """One completion per request of a constrained task, and whether each was generated under the schema
+    (`structured`: parse it as JSON) or as free text (parse it with the text parsers)."""
+
+    completions: list[Completion]
+    structured: list[bool]
+    stats: UsageStats
+
+
+@dataclass
+class LabelResult:
+    labels: list[str]
+    answers: list[str]            # what the classifier said (or why it said nothing), for the UI
+    stats: UsageStats = field(default_factory=UsageStats)
+    structured: int = 0           # answers generated under the label schema
+
+
+class RoleResource(dg.ConfigurableResource):
+    """A model that fills a recipe role (generator, classifier, judge)."""
+
+    usd_per_1m_prompt_tokens: float = Field(default=0.0, description="price for the cost estimate")
+    usd_per_1m_completion_tokens: float = Field(default=0.0, description="price for the cost estimate")
+
+    @property
+    def model_id(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def backend(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What the UI shows about this role: backend, model and the settings that change answers (never a key)."""
+        return {"backend": self.backend, "model": self.model_id}
+
+    def label(self, texts: Sequence[str], task: ChoiceTask, *, max_tokens: int = 16, temperature: float = 0.0,
+              seed: int = 0, cache: Any | None = None, log: Log | None = None) -> LabelResult:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def cost(self, stats: UsageStats) -> float:
+        return stats.cost(self.usd_per_1m_prompt_tokens, self.usd_per_1m_completion_tokens)
+
+
+class LLMResource(RoleResource):
+    """Shared config and the cache/accounting loop; subclasses implement `_run`, `model_id` and `backend`."""
+
+    max_tokens: int | None = Field(
+        default=None, description="this role's token budget for every request (e.g. room for a reasoning model's "
+                                   "thinking); None: each stage's own budget")
+    structured_outputs: bool = Field(
+        default=True, description="constrain labels, scores and verdicts with the backend's structured outputs "
+                                  "(a server that rejects them is detected once and gets free text + parsers)")
+    cache_flush_every: int = Field(default=64, description="completions per cache write (DuckDB has one writer)")
+    progress_every_s: float = Field(default=15.0, description="seconds between progress lines in the run log")
+
+    _structured_rejected: bool = PrivateAttr(default=False)
+
+    def _run(self, work: list[WorkItem], on_done: OnDone, stats: UsageStats) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "max_tokens": self.max_tokens or "per stage",
+                "structured_outputs": self.uses_structured_outputs()}
+
+    def budget(self, stage_default: int) -> int:
+        return self.max_tokens or stage_default
+
+    def uses_structured_outputs(self) -> bool:
+        return self.structured_outputs and not self._structured_rejected
+
+    # ---- the shared loop ------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[ChatRequest], *, cache: Any | None = None,
+                 log: Log | None = None) -> tuple[list[list[Completion]], UsageStats]:
+        """Answer every request with `n` completions, from the cache where possible.
+
+        `cache` is a Warehouse (anything with `connect()`); None disables caching.
+        """
+        started = time.perf_counter()
+        stats = UsageStats()
+        model = self.model_id
+        store = RequestCache.open(cache, model, self.cache_flush_every)
+        keys = [[cache_key(model, r, i) for i in range(r.n)] for r in requests]
+        results: list[list[Completion | None]] = [[None] * r.n for r in requests]
+        cached = store.lookup(k for ks in keys for k in ks)
+        work: list[WorkItem] = []
+        for ri, req in enumerate(requests):
+            missing = []
+            for si, key in enumerate(keys[ri]):
+                results[ri][si] = cached.get(key)
+                if key not in cached:
+                    missing.append(si)
+            if missing:
+                work.append(WorkItem(ri, req, missing))
+        stats.samples = sum(r.n for r in requests)
+        todo = sum(len(w.sample_indices) for w in work)
+        if log:
+            log(f"LLM {model}: {stats.samples} samples asked, {stats.samples - todo} from cache, {todo} to generate")
+
+        lock = threading.Lock()
+        done = [0]
+        last_log = [time.perf_counter()]
+
+        def on_done(ri: int, si: int, completion: Completion) -> None:
+            with lock:
+                results[ri][si] = completion
+                done[0] += 1
+                store.record(keys[ri][si], completion)
+                if completion.ok:
+                    stats.prompt_tokens += completion.prompt_tokens
+                    stats.completion_tokens += completion.completion_tokens
+                now = time.perf_counter()
+                if log and now - last_log[0] >= self.progress_every_s:
+                    last_log[0] = now
+                    log(self._progress_line(done[0], todo, now - started, stats))
+
+        try:
+            if work:
+                self._run(work, on_done, stats)
+        finally:
+            with lock:
+                store.flush()
+        out: list[list[Completion]] = []
+        # Token totals were added as samples finished; count the rest from the final results.
+        stats.prompt_tokens = stats.completion_tokens = 0
+        for row in results:
+            filled = [c if c is not None else Completion.failed("not generated") for c in row]
+            for c in filled:
+                stats.add_completion(c)
+            out.append(filled)
+        stats.wall_s = time.perf_counter() - started
+        if log:
+            log(self._progress_line(todo, todo, stats.wall_s, stats) + f"; failures {stats.failures}, "
+                f"retries {stats.retries}, cache hits {stats.cache_hits}")
+        return out, stats
+
+    def ask(self, build: Callable[[bool], Sequence[ChatRequest]], *, cache: Any | None = None,
+            log: Log | None = None) -> Answers:
+        """A constrained task, one completion per request: `build(structured)` renders the requests for
+        structured outputs (each carries its OutputSpec) or for free text. When the server rejects the schema,
+        that is remembered for this resource and the rejected requests are asked again as free text."""
+        structured = self.uses_structured_outputs()
+        requests = list(build(structured))
+        results, stats = self.generate(requests, cache=cache, log=log)
+        completions = [r[0] for r in results]
+        modes = [structured] * len(requests)
+        rejected = [i for i, c in enumerate(completions) if structured and c.error
+                    and c.error.startswith(STRUCTURED_OUTPUT_REJECTED)]
+        if rejected:
+            self._structured_rejected = True
+            if log:
+                log(f"LLM {self.model_id}: the server rejected structured outputs ({completions[rejected[0]].error}); "
+                    f"asking {len(rejected)} requests again as free text, and free text from now on")
+            text_requests = list(build(False))
+            again, more = self.generate([text_requests[i] for i in rejected], cache=cache, log=log)
+            stats.drop_failures(len(rejected))
+            stats.merge(more)
+            for i, (c,) in zip(rejected, again):
+                completions[i], modes[i] = c, False
+        return Answers(completions, modes, stats)
+
+    def label(self, texts: Sequence[str], task: ChoiceTask, *, max_tokens: int = 16, temperature: float = 0.0,
+              seed: int = 0, cache: Any | None = None, log: Log | None = None) -> LabelResult:
+        """Classify each text into one of the task's labels (an LLM vote, constrained to the label list)."""
+        def build(structured: bool) -> list[ChatRequest]:
+            return [ChatRequest.of(task.render(t, structured), n=1, temperature=temperature,
+                                   max_tokens=self.budget(max_tokens), seed=seed,
+                                   output=task.spec if structured else None) for t in texts]
+
+        answers = self.ask(build, cache=cache, log=log) if texts else Answers([], [], UsageStats())
+        labels = [task.parse(c.text, s) if c.ok else UNKNOWN_LABEL for c, s in zip(answers.completions,
+                                                                                   answers.structured)]
+        said = [c.text[:200] if c.ok else f"error: {c.error}" for c in answers.completions]
+        return LabelResult(labels, said, answers.stats, sum(answers.structured))
+
+    def _progress_line(self, done: int, total: int, elapsed: float, stats: UsageStats) -> str:
+        if not total:
+            return f"LLM {self.model_id}: nothing to do"
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        spent = self.cost(stats)
+        projected = spent * total / done if done else 0.0
+        return (f"LLM {self.model_id}: {done}/{total} samples ({done / total:.0%}), {rate:.2f} samples/s, "
+                f"ETA {eta:,.0f}s, tokens in/out {stats.prompt_tokens:,}/{stats.completion_tokens:,}, "
+                f"cost ${spent:.4f} (projected ${projected:.4f})")
+
+
+def usage_metadata(stats: UsageStats | None, role: RoleResource, prefix: str) -> dict[str, Any]:
+    """What every model stage puts in its materialization metadata, under the role's name (`generator/…`,
+    `classifier/…`, `judge/…`): which model, its settings, and what it cost."""
+    md: dict[str, Any] = {f"{prefix}/model": role.model_id, f"{prefix}/role": dg.MetadataValue.json(role.describe())}
+    if stats is None:
+        return md
+    return {
+        **md,
+        f"{prefix}/requests": stats.requests,
+        f"{prefix}/samples": stats.samples,
+        f"{prefix}/cache_hits": stats.cache_hits,
+        f"{prefix}/failures": stats.failures,
+        f"{prefix}/retries": stats.retries,
+        f"{prefix}/prompt_tokens": stats.prompt_tokens,
+        f"{prefix}/completion_tokens": stats.completion_tokens,
+        f"{prefix}/wall_s": round(stats.wall_s, 2),
+        f"{prefix}/cost_usd": round(role.cost(stats), 6),
+        f"{prefix}/finish_reasons": dg.MetadataValue.json(stats.finish_reasons),
+    }

@@ -1,0 +1,82 @@
+"""Build a role's resource from the profile's `Role`, with each setting overridable from the environment.
+
+    IIMED_<ROLE>_BACKEND=llamacpp|openai|vllm|embedding      ROLE = GENERATOR | CLASSIFIER | JUDGE
+    IIMED_<ROLE>_MODEL, _BASE_URL (comma-separated: a fleet), _API_KEY_ENV (the *name* of the variable holding
+    the key), _MAX_CONCURRENCY, _MAX_TOKENS, _TENSOR_PARALLEL, _USD_PER_1M_PROMPT, _USD_PER_1M_COMPLETION,
+    _STRUCTURED_OUTPUTS (0/1), _THREADS (llamacpp)
+
+This is the one place where the roles read the environment; it runs when the definitions are built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Mapping
+
+from iimed_assets.profiles import Role
+from iimed_assets.resources.llm.base import RoleResource
+from iimed_assets.resources.llm.embedding_classifier import EmbeddingClassifier
+from iimed_assets.resources.llm.llamacpp import LlamaCppLLM
+from iimed_assets.resources.llm.openai_compatible import OpenAICompatibleLLM
+from iimed_assets.resources.llm.vllm_offline import VLLMOfflineLLM
+
+BACKENDS = ("llamacpp", "openai", "vllm", "embedding")
+
+
+def env_prefix(role: str) -> str:
+    return f"IIMED_{role.upper()}"
+
+
+def role_with_env(role: str, spec: Role, env: Mapping[str, str] | None = None) -> Role:
+    """The profile's role with every `IIMED_<ROLE>_*` variable that is set applied on top."""
+    env = os.environ if env is None else env
+    prefix = env_prefix(role)
+
+    def get(key: str) -> str | None:
+        value = env.get(f"{prefix}_{key}")
+        return value if value not in (None, "") else None
+
+    changes: dict = {}
+    for key, field, cast in (("BACKEND", "backend", str.lower), ("MODEL", "model", str), ("BASE_URL", "base_url", str),
+                             ("API_KEY_ENV", "api_key_env", str), ("MAX_CONCURRENCY", "max_concurrency", int),
+                             ("MAX_TOKENS", "max_tokens", int), ("TENSOR_PARALLEL", "tensor_parallel", int),
+                             ("USD_PER_1M_PROMPT", "usd_per_1m_prompt", float),
+                             ("USD_PER_1M_COMPLETION", "usd_per_1m_completion", float)):
+        value = get(key)
+        if value is not None:
+            changes[field] = cast(value)
+    if "backend" in changes and changes["backend"] != spec.backend and "model" not in changes:
+        changes["model"] = None  # another backend: the profile's model name does not carry over
+    return replace(spec, **changes)
+
+
+def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -> RoleResource:
+    """The resource for one role of the profile, environment overrides applied."""
+    env = os.environ if env is None else env
+    spec = role_with_env(role, spec, env)
+    prefix = env_prefix(role)
+    prices = {"usd_per_1m_prompt_tokens": spec.usd_per_1m_prompt,
+              "usd_per_1m_completion_tokens": spec.usd_per_1m_completion}
+    structured = env.get(f"{prefix}_STRUCTURED_OUTPUTS")
+    llm_common = {**prices, "max_tokens": spec.max_tokens,
+                  **({"structured_outputs": structured not in ("0", "false", "no")} if structured else {})}
+    if spec.backend == "llamacpp":
+        threads = env.get(f"{prefix}_THREADS")
+        return LlamaCppLLM(model_path=spec.model, n_threads=int(threads) if threads else None, **llm_common)
+    if spec.backend == "openai":
+        if not spec.model:
+            raise ValueError(f"{prefix}_BACKEND=openai needs {prefix}_MODEL")
+        # A comma-separated BASE_URL is a fleet: prompts are spread over the servers, retries fail over.
+        urls = [u.strip() for u in (spec.base_url or "http://127.0.0.1:8000/v1").split(",") if u.strip()]
+        return OpenAICompatibleLLM(base_url=urls[0], base_urls=urls if len(urls) > 1 else [], model=spec.model,
+                                   api_key_env=spec.api_key_env, max_concurrency=spec.max_concurrency, **llm_common)
+    if spec.backend == "vllm":
+        if not spec.model:
+            raise ValueError(f"{prefix}_BACKEND=vllm needs {prefix}_MODEL")
+        return VLLMOfflineLLM(model=spec.model, tensor_parallel_size=spec.tensor_parallel, **llm_common)
+    if spec.backend == "embedding":
+        if role != "classifier":
+            raise ValueError(f"{prefix}_BACKEND=embedding: an embedding model can only be the classifier")
+        return EmbeddingClassifier(model_path=spec.model, **prices)
+    raise ValueError(f"{prefix}_BACKEND={spec.backend!r} is not one of {BACKENDS}")
