@@ -4,6 +4,8 @@ ledger), stage records (per partition, settings hash, reruns named), licences an
 
 from datetime import datetime
 
+import duckdb
+
 import pytest
 from huggingface_hub import DatasetCard
 
@@ -206,3 +208,185 @@ def test_build_identity_is_a_real_url_or_the_build_never_a_placeholder():
         assert "](" not in bare.markdown() and "0.1" in bare.markdown() and "IIMED_REPOSITORY_URL" in bare.markdown()
         if bare.commit:
             assert bare.commit[:12] in bare.markdown()
+
+
+# ---- the whole graph on the bundled sample ---------------------------------------------------------------------
+# Every source and eval partition of the bundled sample, every stage, the real embedder and MiniLM classifier;
+# the generator and the judge are scripted OpenAI-compatible servers on 127.0.0.1 (deterministic answers). Then
+# one section-2 partition is rerun with other settings (n=3) and cleaning, the funnel and the export run again.
+
+ZERO_SOURCE = "medreason"  # the scripted judge rejects every free-form answer: this source ends with 0 rows
+
+
+def _generator_script(call):
+    from iimed_assets.testing.openai_loopback import Reply
+
+    n, user = call.body.get("n", 1), call.last_user
+    if "\\boxed" in user or "boxed" in user:
+        answer = "A" if "A." in user or "(A)" in user or "A)" in user else "yes"
+        return Reply(contents=[f"<think>Step {i}.</think> The answer is \\boxed{{{answer}}}." for i in range(n)])
+    return Reply(contents=[f"<think>Considering the case.</think> Rest, fluids and review by a clinician ({i})."
+                           for i in range(n)])
+
+
+def _judge_script(call):
+    from iimed_assets.testing.openai_loopback import Reply
+
+    user, schema = call.last_user, call.response_schema
+    if "<student_answer>" in user:  # section 2: free-form verification
+        return Reply.json({"verdict": "INCORRECT"}) if schema else Reply(contents=["Verdict: [[INCORRECT]]"])
+    ref = user.split("<reference_answer>")[1].split("</reference_answer>")[0].strip() if "<reference_answer>" in user \
+        else ""
+    score = len(ref) % 10 + 1  # section 4: deterministic per row
+    return Reply.json({"score": score}) if schema else Reply(contents=[f"Rating: [[{score}]]"])
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    import dagster as dg
+
+    from iimed_assets.definitions import MATERIALIZE_ORDER
+    from iimed_assets.resources.catalog import SourceCatalog
+    from iimed_assets.resources.embedder import Embedder
+    from iimed_assets.resources.llm import EmbeddingClassifier, OpenAICompatibleLLM
+    from iimed_assets.runner import materialize_in_order
+    from iimed_assets.testing.openai_loopback import LoopbackOpenAI
+
+    base = tmp_path_factory.mktemp("sample_run")
+    wh, out = base / "warehouse.duckdb", base / "export"
+    (base / "home").mkdir()
+    by_name = {a.key.to_user_string(): a for a in MATERIALIZE_ORDER}
+    cleaning = [by_name[n] for n in ("sft_candidates", "sft_deduped", "sft_decontaminated", "sft_final",
+                                     "source_funnel", "sft_export")]
+    with LoopbackOpenAI(script=_generator_script) as gen, LoopbackOpenAI(script=_judge_script) as judge_server, \
+            dg.instance_for_test(temp_dir=str(base / "home")) as instance:
+        resources = {"warehouse": Warehouse(path=str(wh)), "catalog": SourceCatalog(mode="sample"),
+                     "embedder": Embedder(), "classifier": EmbeddingClassifier(),
+                     "generator": OpenAICompatibleLLM(base_url=gen.url, model="scripted-generator"),
+                     "judge": OpenAICompatibleLLM(base_url=judge_server.url, model="scripted-judge")}
+        config = {"sft_export": {"out_dir": str(out)}, "qa_samples": {"n": 2}}
+        first = materialize_in_order(MATERIALIZE_ORDER, instance=instance, resources=resources, config=config,
+                                     log=lambda line: None)
+        card_before = (out / "README.md").read_text()
+        rerun = materialize_in_order([by_name["qa_samples"], by_name["qa_verified"]], instance=instance,
+                                     resources=resources, partitions=["medqa"], config={"qa_samples": {"n": 3}},
+                                     log=lambda line: None)
+        again = materialize_in_order(cleaning, instance=instance, resources=resources, config=config,
+                                     log=lambda line: None)
+    failed = [o.line() for o in [*first, *rerun, *again] if o.status == "FAILED"]
+    assert not failed, failed
+    return {"warehouse": wh, "export": out, "card_before": card_before}
+
+
+def _by_source(con, sql: str, params=()) -> dict[str, int]:
+    return {s: int(n) for s, n in con.execute(sql, list(params)).fetchall()}
+
+
+def test_sample_funnel_equals_the_stage_tables_and_the_ledger(sample_run):
+    """Recounted here from the tables, independently of the asset: rows out per source and stage, the drops of a
+    partitioned stage from its ledger, the drops of a cleaning stage as the difference of its input and output
+    tables per source (no join of ledger row ids), and nothing unaccounted."""
+    con = duckdb.connect(str(sample_run["warehouse"]), read_only=True)
+    stored = con.execute("SELECT section, source, stage, unit, rows_in, rows_out, rows_written, dropped, "
+                         "unaccounted, materialized FROM source_funnel").fetchall()
+    funnel_rows = {(src, stage): r for section, src, stage, *r in stored}
+    sources = {(section, src) for section, src, *_ in stored}
+    assert {src for _, src in sources} >= {s.name for s in registry.SOURCES if s.section != "eval"}
+    assert all(r[-1] for r in funnel_rows.values()), "every stage ran"
+    assert [k for k, r in funnel_rows.items() if r[5] != 0] == []  # nothing unaccounted
+    for section in funnel.SECTION_ORDER:
+        path = funnel.stages_of(section)
+        names = [src for sec, src in sources if sec == section]
+        for stage in path:
+            key = "count(DISTINCT prompt_id)" if stage.unit == funnel.PROMPTS else "count(*)"
+            out = _by_source(con, f"SELECT source, {key} FROM {stage.table} GROUP BY 1")
+            written = _by_source(con, f"SELECT source, count(*) FROM {stage.table} GROUP BY 1")
+            for src in names:
+                unit, rows_in, rows_out, rows_written, dropped, _, _ = funnel_rows[(src, stage.asset)]
+                assert (rows_out, rows_written) == (out.get(src, 0), written.get(src, 0)), (src, stage.asset)
+                assert rows_in == rows_out + dropped, (src, stage.asset)
+            if not stage.ledger_join:  # partitioned ledger: partition = source
+                ledger = _by_source(con, "SELECT partition, count(*) FROM row_ledger WHERE asset = ? GROUP BY 1",
+                                    [stage.asset])
+                assert {s: funnel_rows[(s, stage.asset)][4] for s in names if funnel_rows[(s, stage.asset)][4]} == \
+                    {s: n for s, n in ledger.items() if s in names}, stage.asset
+        # cleaning drops per source = its input table minus its output table
+        prev = _by_source(con, f"SELECT source, count(*) FROM {funnel.SECTION_OUTPUT[section]} GROUP BY 1")
+        for stage in funnel.CLEANING_STAGES:
+            now = _by_source(con, f"SELECT source, count(*) FROM {stage.table} GROUP BY 1")
+            for src in names:
+                assert funnel_rows[(src, stage.asset)][4] == prev.get(src, 0) - now.get(src, 0), (src, stage.asset)
+            prev = now
+    for stage in ("sft_candidates", "sft_deduped", "sft_decontaminated", "r1_medical_traces"):
+        total = con.execute("SELECT count(*) FROM row_ledger WHERE asset = ?", [stage]).fetchone()[0]
+        assert sum(r[4] for (s, st), r in funnel_rows.items() if st == stage) == total, stage
+    # the roll-up is the sum of the sources
+    rollup = con.execute("SELECT section, stage, rows_in, rows_out, dropped FROM section_funnel").fetchall()
+    for section, stage, rows_in, rows_out, dropped in rollup:
+        mine = [funnel_rows[(src, stage)] for sec, src in sources if sec == section]
+        assert (rows_in, rows_out, dropped) == (sum(r[1] for r in mine), sum(r[2] for r in mine),
+                                                sum(r[4] for r in mine))
+    # the zero source is there, with 0 at the end and the reason it got there
+    zero = {stage: r for (src, stage), r in funnel_rows.items() if src == ZERO_SOURCE}
+    assert zero["qa_seed_rows"][2] > 0 and zero["qa_verified"][2] == 0 and zero["sft_final"][3] == 0
+    reasons = dict(con.execute("SELECT unnest(map_keys(dropped_by_reason)), unnest(map_values(dropped_by_reason)) "
+                               "FROM source_funnel WHERE source = ? AND stage = 'qa_verified'", [ZERO_SOURCE]).fetchall())
+    assert reasons == {"no_correct_sample": zero["qa_verified"][1]}
+    assert con.execute("SELECT sum(rows_written) FROM source_funnel WHERE stage = 'sft_final'").fetchone()[0] == \
+        con.execute("SELECT count(*) FROM sft_final").fetchone()[0] > 0
+
+
+def test_sample_card_compares_reports_both_settings_and_is_valid_hub_yaml(sample_run):
+    text = (sample_run["export"] / "README.md").read_text()
+    data = DatasetCard(text).data.to_dict()
+    con = duckdb.connect(str(sample_run["warehouse"]), read_only=True)
+    final_sources = _by_source(con, "SELECT source, count(*) FROM sft_final GROUP BY 1")
+    contributing = [(s, registry.BY_NAME[s].licence) for s in final_sources]
+    assert data["license"] == licences.card_licence(contributing).license
+    assert data["language"] == licences.languages_present(
+        con.execute("SELECT language, count(*) FROM sft_final GROUP BY 1").fetchall())
+    # published next to this run, with the ratio
+    total = sum(final_sources.values())
+    assert f"| **total** | 2,197,741 | {total:,} | {report.ratio(total, 2_197_741)} |" in text
+    assert "| instruct | healthcaremagic |" in text and "215,647" in text
+    # the funnel per source, the zero source with its 0 and where its rows went
+    assert f"| qa_seed | {ZERO_SOURCE} |" in text and "qa_verified: no_correct_sample" in text
+    assert "![where each source's rows went](source_funnel.png)" in text
+    assert (sample_run["export"] / "source_funnel.png").read_bytes()[:4] == b"\x89PNG"
+    # every model stage recorded its settings; qa_samples: both settings, and medqa's rerun named
+    section = text.split("## Models and parameters")[1].split("## Decontamination")[0]
+    for stage, _ in card.STAGE_DESCRIPTIONS:
+        (line,) = [line for line in section.splitlines() if line.startswith(f"- **`{stage}`** (")]
+        assert "no stage record" not in line, line
+    qa_line = [line for line in section.splitlines() if "qa_samples" in line or line.startswith("  - ")]
+    joined = "\n".join(qa_line)
+    assert "were produced with different settings" in joined and "n=2 (settings" in joined and "n=3 (settings" in joined
+    assert "`qa_samples[medqa]` was rerun with other settings: now n=3" in joined and "replacing n=2" in joined
+    assert "generator.model=openai-compatible:scripted-generator" in section
+    assert "embedding_model=all-MiniLM-L6-v2" in section and "classifier.model=embedding:all-MiniLM-L6-v2" in section
+    assert "template_hash=" in section and "judge.model=openai-compatible:scripted-judge" in section
+    # the card before the rerun had one setting for every partition
+    before = sample_run["card_before"].split("## Models and parameters")[1].split("## Decontamination")[0]
+    assert "were produced with different settings" not in before and "was rerun" not in before
+    assert "n=2" in [line for line in before.splitlines() if line.startswith("- **`qa_samples`**")][0]
+    # eval sets with their item counts, and the build named (no placeholder link)
+    items = _by_source(con, "SELECT source, count(*) FROM eval_items GROUP BY 1")
+    assert f"`medqa_usmle_4opt` (MedQA USMLE test (4 options)) | fzkuji/MedQA | {items['medqa_usmle_4opt']:,} |" in text
+    assert "](https://github.com/)" not in text and "`iimed_assets`" in text
+
+
+def test_report_command_prints_the_same_tables(sample_run, capsys):
+    from iimed_assets.cli import main
+
+    assert main(["report", "--warehouse", str(sample_run["warehouse"])]) == 0
+    printed = capsys.readouterr().out
+    con = duckdb.connect(str(sample_run["warehouse"]), read_only=True)
+    total = con.execute("SELECT count(*) FROM sft_final").fetchone()[0]
+    assert "This run next to the published card" in printed
+    assert [line for line in printed.splitlines() if line.startswith("total ")][0].split()[1:3] == [
+        "2,197,741", f"{total:,}"]
+    zero = [line for line in printed.splitlines() if line.startswith(f"qa_seed           {ZERO_SOURCE}")]
+    assert zero and zero[0].split()[3] == "0"  # read, final 0
+    assert f"Funnel — {report.SECTION_TITLES['qa_seed']}" in printed
+    assert "qa_samples[medqa] was rerun with other settings" in printed
+    assert main(["report", "--warehouse", str(sample_run["warehouse"].parent / "missing.duckdb")]) == 2

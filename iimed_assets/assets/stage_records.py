@@ -60,13 +60,44 @@ def usage_stats(stats: Any, role: Any) -> dict[str, Any]:
             "llm_wall_s": round(stats.wall_s, 2)}
 
 
+def prompt_templates(asset: str) -> dict[str, Any]:
+    """The prompt templates a stage renders, rendered with placeholders (a change anywhere in the rendering shows
+    as another `template_hash`); {} for a stage without one."""
+    from iimed_assets.core import domains, judge, qa
+
+    placeholders = ("{question}", "{reference}", "{answer}")
+    if asset == "qa_samples":
+        return {"generation": [qa.TEMPLATE_VERSION, qa.TEMPLATES]}
+    if asset == "qa_verified":
+        return {"verification": [qa.verification_messages(*placeholders, structured=s) for s in (False, True)]}
+    if asset == "instruct_judged":
+        return {"judge": [judge.judge_messages(*placeholders, structured=s) for s in (False, True)]}
+    if asset == "r1_cluster_domains":
+        task = domains.DOMAIN_TASK
+        return {"domain": [task.labels, task.exemplars, *(task.render("{prompt}", s) for s in (False, True))]}
+    return {}
+
+
+def step_seconds(context: dg.AssetExecutionContext) -> float | None:
+    """Seconds since this step started (its STEP_START event in the instance)."""
+    try:
+        records = context.instance.get_records_for_run(context.run.run_id,
+                                                       of_type=dg.DagsterEventType.STEP_START).records
+        name = context.op_execution_context.op.name
+        starts = [r.event_log_entry.timestamp for r in records if r.event_log_entry.step_key == name]
+    except Exception:  # noqa: BLE001 - an instance without the event: no wall time, never a failed stage
+        return None
+    return round(time.time() - max(starts), 2) if starts else None
+
+
 def record_stage_run(context: dg.AssetExecutionContext, warehouse: Warehouse, *, settings: Mapping[str, Any],
                      started: float | None = None, roles: Mapping[str, Any] | None = None,
                      usage: Mapping[str, Any] | None = None, templates: Mapping[str, Any] | None = None,
                      stats: Mapping[str, Any] | None = None, runtime: Mapping[str, Any] | None = None) -> str:
     """Record this asset's run of its partition. `settings`: the stage config values that decide its rows;
     `roles`: role name -> model resource (`generator`, `judge`, ...); `usage`: role name -> UsageStats;
-    `templates`: name -> rendered template text (hashed, so a template edit shows as other settings).
+    `templates`: name -> rendered template text (hashed, so a template edit shows as other settings; default: the
+    stage's own, `prompt_templates`); `started`: a perf_counter reading (default: the step's start event).
     Returns the settings hash."""
     params: dict[str, Any] = {}
     profile = profile_of(context)
@@ -83,10 +114,12 @@ def record_stage_run(context: dg.AssetExecutionContext, warehouse: Warehouse, *,
             for key in ("prompt_tokens", "completion_tokens", "requests", "cache_hits", "cost_usd"):
                 run_stats[key] = run_stats.get(key, 0) + run_stats[name][key]
     params.update({k: v for k, v in settings.items() if k not in NEVER_STORED})
+    templates = templates if templates is not None else prompt_templates(context.asset_key.to_user_string())
     if templates:
         params["template_hash"] = text_fingerprint(*[templates[k] for k in sorted(templates)])
-    if started is not None:
-        run_stats["wall_s"] = round(time.perf_counter() - started, 2)
+    wall = round(time.perf_counter() - started, 2) if started is not None else step_seconds(context)
+    if wall is not None and "wall_s" not in run_stats:
+        run_stats["wall_s"] = wall
     if run_runtime:
         run_stats["runtime"] = run_runtime
     return warehouse.record_stage(context.asset_key.to_user_string(), context.run.run_id, params, run_stats,

@@ -5,6 +5,7 @@ with the ratio), the funnel per source, and the stage settings. Pure: tables com
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -33,7 +34,10 @@ def ratio(run: int, published: int | None) -> str:
     """this run / published, as a percentage with 3 significant digits ("—" when nothing is published)."""
     if not published:
         return "—"
-    return f"{100 * run / published:.3g}%"
+    pct = 100 * run / published
+    if pct == 0 or pct >= 0.01:
+        return f"{pct:.3g}%"
+    return f"{pct:.{2 - math.floor(math.log10(pct))}f}%"  # 3 significant digits, never in e-notation
 
 
 def num(value: int | None) -> str:
