@@ -17,7 +17,7 @@ from iimed_assets.resources.warehouse import Warehouse
 
 # Role settings that change where or how fast a model runs, not what it writes: kept out of the settings hash
 # (a rerun on another fleet or thread count is not "other settings"); endpoints are never stored.
-RUNTIME_KEYS = frozenset({"threads", "n_ctx", "max_concurrency", "tensor_parallel_size", "data_parallel_size",
+RUNTIME_KEYS = frozenset({"threads", "max_concurrency", "tensor_parallel_size", "data_parallel_size",
                           "device", "batch_size", "tokenize_workers"})
 NEVER_STORED = frozenset({"base_url", "base_urls", "api_key_env", "api_key", "url"})
 
