@@ -216,7 +216,9 @@ def dataset_card(c: CardInputs) -> str:
                               "languages in the rows", "declared", "read from"], licence_rows(c, final_by_source), 300),
               ""]
     if sample_sources:
-        lines += ["Stand-ins read from the bundled sample:", "",
+        lines += ["Stand-ins read from the bundled sample (the licences above are those of the hub sources they stand "
+                  "in for; each bundled file's own origin and licence is in `iimed_assets/sources/sample/*/SOURCE.md` "
+                  "of the project):", "",
                   markdown_table(["source", "stand-in"], [(f"`{s.name}`", s.stand_in or "—") for s in sample_sources],
                                  300), ""]
     lines += ["## Row ledger (rows not passed on, by stage and reason)", "",

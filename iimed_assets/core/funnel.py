@@ -232,8 +232,9 @@ def funnel_plot_png(rows: Sequence[FunnelRow], title: str = "where each source's
     stage_order = {s.asset: i for sec in SECTION_ORDER for i, s in enumerate(stages_of(sec))}
     segments.sort(key=lambda n: (stage_order.get(n.split(" ")[-1], 99), n))
     segments.append("final")
-    cmap = plt.get_cmap("tab20")
-    colours = {name: ("#2ca02c" if name == "final" else cmap(i % 20)) for i, name in enumerate(segments)}
+    # tab20 without its two greens: green is the final set's colour alone
+    palette = [plt.get_cmap("tab20")(i) for i in range(20) if i not in (4, 5)]
+    colours = {name: ("#2ca02c" if name == "final" else palette[i % len(palette)]) for i, name in enumerate(segments)}
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(keys) + 1.8), dpi=100)
     y = list(range(len(keys)))[::-1]
     for name in segments:
