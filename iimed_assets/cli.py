@@ -1,5 +1,6 @@
 """`iimed-assets materialize`: run every partition of every asset, in graph order, in this process.
 `iimed-assets dev`: the Dagster UI + daemon (`dagster dev`) on the same instance.
+`iimed-assets plan`: before any LLM call, what each model stage would send and cost (final line key=value).
 Both take `--profile laptop|card` (= IIMED_PROFILE); `materialize --set asset.field=value` overrides one stage
 setting of the profile (repeatable).
 `iimed-assets report`: this warehouse next to the published card, and every source's funnel, in the terminal.
@@ -77,6 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--mode", choices=("hub", "sample"), default=None,
                      help="where to read from with --probe (default: hub; $IIMED_HUB_MIRROR and "
                           "$IIMED_SOURCE_<NAME> apply)")
+    plan = sub.add_parser("plan", help="before any LLM call: per model stage, the requests, tokens, cache hits, cost "
+                                       "and hours a materialization would take (final line key=value)")
+    plan.add_argument("--assets", nargs="*", help="only these LLM stages (default: all)")
+    plan.add_argument("--scale", choices=("warehouse", "card"), default="warehouse",
+                      help="warehouse: the rows stored now (default); card: the card's counts (registry + recipe) "
+                           "with the request shapes of the stored rows")
+    plan.add_argument("--set", action="append", metavar="ASSET.FIELD=VALUE", dest="settings",
+                      help="a stage setting, as for materialize (e.g. qa_samples.n=6)")
+    plan.add_argument("--output-tokens", action="append", metavar="STAGE_OR_ROLE=N", default=[],
+                      help="state the expected completion tokens per sample (e.g. judge=180, qa_samples=2500)")
     rep = sub.add_parser("report", help="print this warehouse's counts next to the published card's, per section "
                                         "and per source, and every source's funnel through the stages")
     rep.add_argument("--warehouse", help="DuckDB file (default: $IIMED_WAREHOUSE or ./data/warehouse.duckdb)")
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", default="3000")
-    for p in (mat, dev):
+    for p in (mat, dev, plan):
         p.add_argument("--profile", choices=["laptop", "card"],
                        help="the recipe profile (default: $IIMED_PROFILE, else laptop)")
     args = parser.parse_args(argv)
@@ -93,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "sources":
         return _sources(args, parser)
+    if args.command == "plan":
+        return _plan(args, parser)
     if args.command == "report":
         return _report(args)
 
@@ -130,6 +143,43 @@ def main(argv: list[str] | None = None) -> int:
     failures = [o for o in outcomes if o.status == "FAILED"]
     print(f"\n{len(failures)} failed partition runs" if failures else "\nall partitions materialized")
     return 1 if failures else 0
+
+
+def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`iimed-assets plan [--profile P] [--assets ...] [--scale warehouse|card] [--output-tokens judge=180]`."""
+    from iimed_assets.planning import LLM_STAGES, STAGE_ROLE, plan_run
+    from iimed_assets.profiles import active_profile
+    from iimed_assets.resources.defaults import default_resources
+
+    unknown = sorted(set(args.assets or []) - set(LLM_STAGES))
+    if unknown:
+        parser.error(f"--assets {unknown}: the LLM stages are {', '.join(LLM_STAGES)}")
+    try:
+        settings = parse_settings(args.settings)
+        stated = {k: float(v) for k, _, v in (item.partition("=") for item in args.output_tokens)}
+    except ValueError as exc:
+        parser.error(str(exc))
+    if set(stated) - set(LLM_STAGES) - set(STAGE_ROLE.values()):
+        parser.error(f"--output-tokens names neither a stage nor a role: {sorted(stated)}")
+    profile = active_profile()
+    resources = default_resources(profile)
+    warehouse = resources["warehouse"]
+    plan = plan_run(warehouse, {r: resources[r] for r in ("generator", "classifier", "judge")}, profile,
+                    scale=args.scale, assets=args.assets, settings=settings, output_tokens=stated)
+    print(f"profile: {profile.name} ({profile.description})")
+    print(f"scale: {args.scale}; warehouse: {warehouse.database}")
+    if not plan.stages:
+        print("no LLM stage has input rows yet: materialize the inputs first, e.g. iimed-assets materialize --assets "
+              "qa_seed_rows instruct_prompt_rows r1_trace_rows r1_prompt_embeddings r1_clusters")
+    print(plan.table())
+    print("\nhow each figure was obtained:")
+    for line in plan.basis_lines():
+        print(f"  - {line}")
+    print("assumptions:")
+    for line in plan.assumptions:
+        print(f"  - {line}")
+    print(plan.key_values())
+    return 0
 
 
 def _sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

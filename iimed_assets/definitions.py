@@ -11,7 +11,8 @@ from __future__ import annotations
 import dagster as dg
 
 from iimed_assets.assets.graph import MATERIALIZE_ORDER
-from iimed_assets.jobs import full_graph, section_jobs
+from iimed_assets.assets.spend import SPEND_ASSETS
+from iimed_assets.jobs import full_graph, section_jobs, spend_plan_job
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.defaults import definitions_resources
 from iimed_assets.sensors import failure_alerts
@@ -29,8 +30,8 @@ def _show_profile(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 
 defs = dg.Definitions(
-    assets=dg.map_asset_specs(_show_profile, MATERIALIZE_ORDER),
-    jobs=[*section_jobs(PROFILE), full_graph],
+    assets=dg.map_asset_specs(_show_profile, [*MATERIALIZE_ORDER, *SPEND_ASSETS]),
+    jobs=[*section_jobs(PROFILE), full_graph, spend_plan_job(PROFILE)],
     sensors=[failure_alerts],
     resources=RESOURCES,
 )

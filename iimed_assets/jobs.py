@@ -50,6 +50,18 @@ def section_jobs(profile: Profile) -> list:
     return jobs
 
 
+SPEND_PLAN_JOB = "spend_plan"
+
+
+def spend_plan_job(profile: Profile):
+    """`llm_spend_plan`: what the model stages would send and cost, before any LLM call (no model is loaded)."""
+    return dg.define_asset_job(
+        SPEND_PLAN_JOB, selection=dg.AssetSelection.assets("llm_spend_plan"),
+        tags={"iimed/job": SPEND_PLAN_JOB, "iimed/profile": profile.name},
+        description="Plan the LLM spend before materializing the model stages: requests, tokens, cache hits, USD "
+                    f"and hours per stage (no LLM call). Profile: {profile.name}.")
+
+
 class FullGraphConfig(dg.Config):
     assets: list[str] = Field(default_factory=list, description="only these assets (graph order kept); empty: all")
     partitions: list[str] = Field(default_factory=list, description="only these partition keys; empty: all")

@@ -208,7 +208,7 @@ def test_jobs_cover_every_asset_once_per_section():
                                 "sft_export"},
     }
     covered: set[str] = set()
-    for name in [*expected, "section3_r1_domain_filter"]:
+    for name in [*expected, "section3_r1_domain_filter", "spend_plan"]:
         job = defs.resolve_job_def(name)
         keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
         if name in expected:

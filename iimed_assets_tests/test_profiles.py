@@ -51,11 +51,11 @@ import json, dagster as dg
 from iimed_assets.definitions import defs
 from iimed_assets.assets.qa import QASamplesConfig, QAVerifiedConfig
 from iimed_assets.assets.instruct import InstructJudgedConfig
-from iimed_assets.assets.r1 import DomainConfig
+from iimed_assets.assets.r1 import ClusterConfig, DomainConfig
 spec = defs.resolve_assets_def("instruct_judged").specs_by_key[dg.AssetKey("instruct_judged")]
 print(json.dumps({
     "n": QASamplesConfig().n, "keep": QAVerifiedConfig().keep, "threshold": InstructJudgedConfig().threshold,
-    "per_prompt_budget": DomainConfig().per_prompt_budget, "voters": DomainConfig().voters,
+    "per_prompt_budget": DomainConfig().per_prompt_budget, "voters": DomainConfig().voters, "k": ClusterConfig().k,
     "profile": spec.metadata["recipe/profile"], "roles": spec.metadata["recipe/roles"].value,
     "job": defs.resolve_job_def("section4_instruct").description,
     "classifier": type(defs.resources["classifier"]).__name__,
@@ -71,7 +71,7 @@ def test_the_profile_sets_stage_defaults_roles_and_what_the_ui_shows(profile, mo
     got = json.loads(out.stdout.strip().splitlines()[-1])
     p = PROFILES[profile]
     assert (got["n"], got["keep"], got["threshold"]) == (p.qa_n, p.qa_keep, p.judge_threshold)
-    assert (got["per_prompt_budget"], got["voters"]) == (p.per_prompt_budget, p.domain_voters)
+    assert (got["per_prompt_budget"], got["voters"], got["k"]) == (p.per_prompt_budget, p.domain_voters, p.kmeans_k)
     assert got["profile"].startswith(f"{profile}: ") and got["job"].endswith(f"Profile: {profile}.")
     assert set(got["roles"]) == {"generator", "classifier", "judge"} and got["roles"]["judge"]["max_tokens"] == 999
     assert got["classifier"] == ("EmbeddingClassifier" if profile == "laptop" else "OpenAICompatibleLLM")

@@ -29,6 +29,7 @@ from iimed_assets.core.schema import MESSAGE_TYPE
 from iimed_assets.partitions import instruct_partitions
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LLMResource, usage_metadata
+from iimed_assets.resources.llm.budget import StageBudget, stage_budget
 from iimed_assets.resources.warehouse import Warehouse
 
 PROFILE = active_profile()
@@ -89,6 +90,25 @@ def _prompt_turns(messages: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages[: last_user + 1]]
 
 
+def response_request(messages: list[dict], config: InstructResponsesConfig) -> ChatRequest:
+    """The generator's request for one instruction row (instruct_responses sends it; the spend plan counts it)."""
+    return ChatRequest.of(_prompt_turns(messages), n=1, temperature=config.temperature, top_p=config.top_p,
+                          max_tokens=config.max_tokens, seed=config.seed)
+
+
+def judge_request(prompt: str, gold: str | None, answer: str, structured: bool, config: InstructJudgedConfig,
+                  seed: int = 0) -> ChatRequest:
+    """The judge's request for one response (instruct_judged sends it; the spend plan counts it)."""
+    return ChatRequest.of(judge_messages(prompt, gold or "", answer, structured, config.rationale_chars), n=1,
+                          temperature=0.0, max_tokens=config.max_tokens, seed=seed,
+                          output=score_spec(config.rationale_chars) if structured else None)
+
+
+def carries_response(messages: list[dict]) -> bool:
+    """A row whose last turn is a non-empty assistant answer (taken as is for carried-response sources)."""
+    return bool(messages) and messages[-1]["role"] == "assistant" and bool(messages[-1]["content"].strip())
+
+
 # ---- instruct_responses -----------------------------------------------------------------------------------
 
 @dataclass
@@ -100,6 +120,7 @@ class _Responses:
     rows_in: int = 0
     origins: Counter = field(default_factory=Counter)
     stats: UsageStats = field(default_factory=UsageStats)
+    budget: StageBudget | None = None
 
     def respond(self, batch: list[dict], stage, generator: LLMResource, config: InstructResponsesConfig,
                 warehouse: Warehouse, log) -> None:
@@ -107,17 +128,15 @@ class _Responses:
         to_generate = []
         for row in batch:
             msgs = row["messages"]
-            if self.carried and msgs and msgs[-1]["role"] == "assistant" and msgs[-1]["content"].strip():
+            if self.carried and carries_response(msgs):
                 self.origins["carried"] += 1
                 stage.rows.add({"id": row["id"], "messages": msgs, "response_origin": "carried",
                                 "finish_reason": "source", "prompt_tokens": 0, "completion_tokens": 0,
                                 "generator": f"source:{self.source}"})
             else:
                 to_generate.append(row)
-        requests = [ChatRequest.of(_prompt_turns(r["messages"]), n=1, temperature=config.temperature,
-                                   top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed)
-                    for r in to_generate]
-        results, stats = generator.generate(requests, cache=warehouse, log=log)
+        requests = [response_request(r["messages"], config) for r in to_generate]
+        results, stats = generator.generate(requests, cache=warehouse, log=log, budget=self.budget)
         self.stats.merge(stats)
         for row, req, (c,) in zip(to_generate, requests, results):
             reason = _unusable(c, generator.budget(config.max_tokens))
@@ -158,7 +177,8 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
     one."""
     source = context.partition_key
     asset = "instruct_responses"
-    run = _Responses(source, source in config.carried_response_sources)
+    run = _Responses(source, source in config.carried_response_sources,
+                     budget=stage_budget(context, generator, warehouse, "generator"))
     with staged_partition(warehouse, asset, source, RESPONSE_SCHEMA) as stage:
         for batch in warehouse.iter_partition("instruct_prompt_rows", source, ["id", "messages"], config.batch_rows):
             run.respond(batch, stage, generator, config, warehouse, context.log.info)
@@ -202,14 +222,12 @@ class _Judging:
     retried: int = 0
     examples_kept: list[tuple] = field(default_factory=list)
     examples_rejected: list[tuple] = field(default_factory=list)
+    budget: StageBudget | None = None
 
     def _ask(self, judge: LLMResource, rows: list[dict], answers: list[str], seed: int, warehouse, log):
-        cfg = self.config
-        result = judge.ask(lambda structured: [ChatRequest.of(
-            judge_messages(r["prompt"], r["gold_answer"] or "", a, structured, cfg.rationale_chars), n=1,
-            temperature=0.0, max_tokens=cfg.max_tokens, seed=seed,
-            output=score_spec(cfg.rationale_chars) if structured else None) for r, a in zip(rows, answers)],
-            cache=warehouse, log=log)
+        result = judge.ask(lambda structured: [
+            judge_request(r["prompt"], r["gold_answer"], a, structured, self.config, seed)
+            for r, a in zip(rows, answers)], cache=warehouse, log=log, budget=self.budget)
         self.stats.merge(result.stats)
         return [(c, parse_score(c.text, s) if c.ok else None, s) for c, s in zip(result.completions, result.structured)]
 
@@ -270,7 +288,7 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
     """Responses scored 1-10 against the reference answer by the `judge`; rows at or above the threshold."""
     source = context.partition_key
     asset = "instruct_judged"
-    run = _Judging(config)
+    run = _Judging(config, budget=stage_budget(context, judge, warehouse, "judge"))
     with staged_partition(warehouse, asset, source, JUDGE_SCHEMA) as stage:
         for batch in warehouse.iter_partition("instruct_responses", source, ["id", "prompt", "gold_answer", "messages"],
                                               config.batch_rows):

@@ -35,6 +35,7 @@ from iimed_assets.core.schema import MESSAGE_TYPE
 from iimed_assets.partitions import qa_seed_partitions
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LLMResource, usage_metadata
+from iimed_assets.resources.llm.budget import StageBudget, stage_budget
 from iimed_assets.resources.warehouse import Warehouse
 
 PROFILE = active_profile()
@@ -140,6 +141,21 @@ def plan_row(row) -> qa.SeedPlan | str:
     return qa.plan_seed(row["prompt"], row.get("gold_answer"), _options(row), _meta(row))
 
 
+def sample_request(plan: qa.SeedPlan, config: QASamplesConfig) -> ChatRequest:
+    """The generator's request for one seed (qa_samples sends it; the spend plan counts it)."""
+    return ChatRequest.of(plan.messages, n=config.n, temperature=config.temperature, top_p=config.top_p,
+                          max_tokens=config.max_tokens, seed=config.seed)
+
+
+def verification_request(question: str, reference: str, answer: str | None, structured: bool,
+                         config: QAVerifiedConfig) -> ChatRequest:
+    """The judge's request for one free-form sample (qa_verified sends it; the spend plan counts it)."""
+    return ChatRequest.of(
+        qa.verification_messages(question, reference, answer, structured, config.judge_rationale_chars),
+        n=1, temperature=0.0, max_tokens=config.judge_max_tokens, seed=0,
+        output=qa.verdict_spec(config.judge_rationale_chars) if structured else None)
+
+
 # ---- qa_samples -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -150,6 +166,7 @@ class _Sampling:
     rows_in: int = 0
     templates: Counter = field(default_factory=Counter)
     stats: UsageStats = field(default_factory=UsageStats)
+    budget: StageBudget | None = None
 
     def sample(self, batch: list[dict], stage, generator: LLMResource, config: QASamplesConfig,
                warehouse: Warehouse, log) -> None:
@@ -162,9 +179,8 @@ class _Sampling:
                                   "detail": "no gold answer and no reference text: nothing can verify a response"})
             else:
                 planned.append((row, plan))
-        requests = [ChatRequest.of(plan.messages, n=config.n, temperature=config.temperature, top_p=config.top_p,
-                                   max_tokens=config.max_tokens, seed=config.seed) for _, plan in planned]
-        results, stats = generator.generate(requests, cache=warehouse, log=log)
+        requests = [sample_request(plan, config) for _, plan in planned]
+        results, stats = generator.generate(requests, cache=warehouse, log=log, budget=self.budget)
         self.stats.merge(stats)
         for (row, plan), completions in zip(planned, results):
             self.templates[plan.template] += 1
@@ -196,7 +212,7 @@ def qa_samples(context: dg.AssetExecutionContext, config: QASamplesConfig, wareh
     stored with its finish reason and token usage; failed samples are stored too, with the error."""
     source = context.partition_key
     asset = "qa_samples"
-    run = _Sampling(source)
+    run = _Sampling(source, budget=stage_budget(context, generator, warehouse, "generator"))
     total = warehouse.fetch_one("SELECT count(*) FROM qa_seed_rows WHERE source = ?", [source])[0]
     progress = Progress(context.log.info, f"qa_samples[{source}] prompts", total)
     with staged_partition(warehouse, asset, source, SAMPLES_SCHEMA) as stage:
@@ -294,6 +310,7 @@ class _Verification:
     verdicts: Counter = field(default_factory=Counter)
     examples_kept: list[tuple] = field(default_factory=list)
     examples_rejected: list[tuple] = field(default_factory=list)
+    budget: StageBudget | None = None
 
     def judge_batch(self, batch, checked: dict[str, dict[int, qa.SampleCheck]], judge: LLMResource,
                     warehouse: Warehouse, log) -> dict[tuple[str, int], str]:
@@ -306,12 +323,9 @@ class _Verification:
             qa.keep_limit(self.config.keep, self.config.keep_k))
         said: dict[tuple[str, int], str] = {}
         while items := scheduler.next_round():
-            answers = judge.ask(lambda structured: [ChatRequest.of(
-                qa.verification_messages(rows[pid]["prompt"], s["reference"], checked[pid][s["sample_index"]].extracted,
-                                         structured, self.config.judge_rationale_chars),
-                n=1, temperature=0.0, max_tokens=self.config.judge_max_tokens, seed=0,
-                output=qa.verdict_spec(self.config.judge_rationale_chars) if structured else None)
-                for pid, s in items], cache=warehouse, log=log)
+            answers = judge.ask(lambda structured: [verification_request(
+                rows[pid]["prompt"], s["reference"], checked[pid][s["sample_index"]].extracted, structured, self.config)
+                for pid, s in items], cache=warehouse, log=log, budget=self.budget)
             self.stats.merge(answers.stats)
             for (pid, s), c, structured in zip(items, answers.completions, answers.structured):
                 si = s["sample_index"]
@@ -395,7 +409,7 @@ def qa_verified(context: dg.AssetExecutionContext, config: QAVerifiedConfig, war
         raise dg.Failure(str(exc)) from exc
     source = context.partition_key
     asset = "qa_verified"
-    run = _Verification(config)
+    run = _Verification(config, budget=stage_budget(context, judge, warehouse, "judge"))
     with staged_partition(warehouse, asset, source, KEPT_SCHEMA) as stage, \
             staged_partition(warehouse, "qa_sample_verdicts", source, VERDICT_SCHEMA) as vstage:
         for batch in _prompt_batches(warehouse, source, config.batch_prompts):

@@ -32,6 +32,7 @@ from iimed_assets.partitions import r1_trace_partitions
 from iimed_assets.resources.embedder import Embedder
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LabelResult, RoleResource, usage_metadata
+from iimed_assets.resources.llm.budget import StageBudget, stage_budget
 from iimed_assets.resources.warehouse import Warehouse
 
 EMBEDDING_OK = "embedding_dim_and_norm"
@@ -146,8 +147,8 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
 # ---- r1_clusters ------------------------------------------------------------------------------------------
 
 class ClusterConfig(dg.Config):
-    k: int | None = Field(default=None, description="clusters; the full recipe uses 50,000. Default: about "
-                                                    "prompts_per_cluster prompts per cluster")
+    k: int | None = Field(default=PROFILE.kmeans_k, description="clusters (the profile's: card 50,000; laptop none, "
+                                                              "i.e. about prompts_per_cluster prompts per cluster)")
     prompts_per_cluster: int = Field(default=clustering.PROMPTS_PER_CLUSTER, description="rule for the default K")
     method: str = Field(default="auto", description="auto | flat | two_level (auto: flat below "
                                                     f"n_train*K = {clustering.FLAT_WORK_LIMIT:.0e})")
@@ -325,11 +326,13 @@ class _Labelled:
 
     stats: UsageStats = field(default_factory=UsageStats)
     structured: int = 0
+    budget: StageBudget | None = None
 
     def label(self, classifier: RoleResource, config: DomainConfig, warehouse: Warehouse, log,
               prompts: list[str]) -> LabelResult:
         result = classifier.label(prompts, domains.DOMAIN_TASK, max_tokens=config.max_tokens,
-                                  temperature=config.temperature, seed=config.seed, cache=warehouse, log=log)
+                                  temperature=config.temperature, seed=config.seed, cache=warehouse, log=log,
+                                  budget=self.budget)
         self.stats.merge(result.stats)
         self.structured += result.structured
         return result
@@ -358,7 +361,7 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
         [config.voters])
     context.log.info(f"r1_cluster_domains: classifying {len(voters):,} prompts nearest their centroids "
                      f"with {classifier.model_id}")
-    work = _Labelled()
+    work = _Labelled(budget=stage_budget(context, classifier, warehouse, "classifier"))
     voted = work.label(classifier, config, warehouse, context.log.info, [v[4] for v in voters])
     vote_rows = [{"cluster_id": cid, "rank": rank, "source": source, "id": rid, "label": label, "answer": answer}
                  for (cid, rank, source, rid, _), label, answer in zip(voters, voted.labels, voted.answers)]

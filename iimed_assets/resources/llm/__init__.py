@@ -5,7 +5,8 @@
 Modules: `base` (the role resources' shared loop, constrained answers with a free-text fallback, metadata),
 `cache` (RequestCache: the `llm_cache` table), one module per backend — `openai_compatible` (vLLM / SGLang
 servers and OpenAI), `llamacpp` (an embedded GGUF model on CPU), `vllm_offline` (the vLLM engine on a GPU box),
-`embedding_classifier` (MiniLM nearest exemplars, a classifier only) — and `config` (a role's resource from the
+`openai_batch` (the OpenAI Batch API: files + batches, half price), `embedding_classifier` (MiniLM nearest
+exemplars, a classifier only) — and `config` (a role's resource from the
 profile and the environment).
 """
 
@@ -21,11 +22,12 @@ from iimed_assets.resources.llm.cache import CACHE_TABLE, RequestCache
 from iimed_assets.resources.llm.config import role_resource, role_with_env
 from iimed_assets.resources.llm.embedding_classifier import EmbeddingClassifier
 from iimed_assets.resources.llm.llamacpp import LlamaCppLLM, default_gguf_path
+from iimed_assets.resources.llm.openai_batch import OpenAIBatchLLM
 from iimed_assets.resources.llm.openai_compatible import OpenAICompatibleLLM
 from iimed_assets.resources.llm.vllm_offline import VLLMOfflineLLM
 
 __all__ = [
     "Answers", "CACHE_TABLE", "EmbeddingClassifier", "LLMResource", "LabelResult", "LlamaCppLLM",
-    "OpenAICompatibleLLM", "RequestCache", "RoleResource", "VLLMOfflineLLM", "WorkItem", "default_gguf_path",
+    "OpenAIBatchLLM", "OpenAICompatibleLLM", "RequestCache", "RoleResource", "VLLMOfflineLLM", "WorkItem", "default_gguf_path",
     "role_resource", "role_with_env", "usage_metadata",
 ]

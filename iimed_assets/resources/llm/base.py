@@ -28,6 +28,8 @@ from iimed_assets.core.llm import (
     UsageStats,
     cache_key,
 )
+from iimed_assets.core.spend import GUARD_CHARS_PER_TOKEN, CharsPerToken, Prices, TokenCounter, affordable
+from iimed_assets.resources.llm.budget import StageBudget, caps_of
 from iimed_assets.resources.llm.cache import RequestCache
 
 Log = Callable[[str], None]
@@ -68,6 +70,12 @@ class RoleResource(dg.ConfigurableResource):
 
     usd_per_1m_prompt_tokens: float = Field(default=0.0, description="price for the cost estimate")
     usd_per_1m_completion_tokens: float = Field(default=0.0, description="price for the cost estimate")
+    max_usd_stage: float | None = Field(
+        default=None, description="hard cap in USD on what one stage (asset partition) may spend with this role; "
+                                  "None: no cap (env IIMED_MAX_USD_STAGE / IIMED_<ROLE>_MAX_USD_STAGE)")
+    max_usd_run: float | None = Field(
+        default=None, description="hard cap in USD on what one run may spend on LLM calls, all roles together; "
+                                  "None: no cap (env IIMED_MAX_USD_RUN / IIMED_<ROLE>_MAX_USD_RUN)")
 
     @property
     def model_id(self) -> str:  # pragma: no cover - abstract
@@ -82,11 +90,21 @@ class RoleResource(dg.ConfigurableResource):
         return {"backend": self.backend, "model": self.model_id}
 
     def label(self, texts: Sequence[str], task: ChoiceTask, *, max_tokens: int = 16, temperature: float = 0.0,
-              seed: int = 0, cache: Any | None = None, log: Log | None = None) -> LabelResult:
+              seed: int = 0, cache: Any | None = None, log: Log | None = None,
+              budget: StageBudget | None = None) -> LabelResult:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def prices(self) -> Prices:
+        """What this role pays per 1M tokens (the Batch backend: its batch discount applied)."""
+        return Prices(self.usd_per_1m_prompt_tokens, self.usd_per_1m_completion_tokens)
+
     def cost(self, stats: UsageStats) -> float:
-        return stats.cost(self.usd_per_1m_prompt_tokens, self.usd_per_1m_completion_tokens)
+        return self.prices().cost(stats.prompt_tokens, stats.completion_tokens)
+
+    def token_counter(self) -> TokenCounter:
+        """Counts a request's input tokens for the spend plan: the model's own tokenizer where one is available
+        offline (llama.cpp: the GGUF's), else the stated chars-per-token estimate."""
+        return CharsPerToken()
 
 
 class LLMResource(RoleResource):
@@ -118,11 +136,17 @@ class LLMResource(RoleResource):
 
     # ---- the shared loop ------------------------------------------------------------------------
 
+    @property
+    def budget_chunk(self) -> int:
+        """Requests sent between two budget checks when a cap is set (without a cap the work is one chunk)."""
+        return 64
+
     def generate(self, requests: Sequence[ChatRequest], *, cache: Any | None = None,
-                 log: Log | None = None) -> tuple[list[list[Completion]], UsageStats]:
+                 log: Log | None = None, budget: StageBudget | None = None) -> tuple[list[list[Completion]], UsageStats]:
         """Answer every request with `n` completions, from the cache where possible.
 
-        `cache` is a Warehouse (anything with `connect()`); None disables caching.
+        `cache` is a Warehouse (anything with `connect()`); None disables caching. `budget`: the stage's spend
+        caps (see budget.py); without one, this role's own caps apply to this call alone.
         """
         started = time.perf_counter()
         stats = UsageStats()
@@ -162,8 +186,12 @@ class LLMResource(RoleResource):
                     last_log[0] = now
                     log(self._progress_line(done[0], todo, now - started, stats))
 
+        if budget is None and caps_of(self).active:
+            budget = StageBudget(f"{model} call", caps_of(self))
         try:
-            if work:
+            if work and budget is not None and budget.active:
+                self._run_budgeted(work, on_done, stats, budget, log)
+            elif work:
                 self._run(work, on_done, stats)
         finally:
             with lock:
@@ -182,14 +210,39 @@ class LLMResource(RoleResource):
                 f"retries {stats.retries}, cache hits {stats.cache_hits}")
         return out, stats
 
+    def _run_budgeted(self, work: list[WorkItem], on_done: OnDone, stats: UsageStats, budget: StageBudget,
+                      log: Log | None) -> None:
+        """`_run` chunk by chunk, each chunk only as much of the work as the caps leave room for at its ceiling
+        cost; raises BudgetExceeded (after the finished samples are recorded) when not one request fits."""
+        prices = self.prices()
+        guard = CharsPerToken(GUARD_CHARS_PER_TOKEN)
+        ceilings = [prices.cost(guard.count(w.request.messages) * len(w.sample_indices),
+                                self.budget(w.request.max_tokens) * len(w.sample_indices)) for w in work]
+        start = 0
+        while start < len(work):
+            chunk = ceilings[start:start + self.budget_chunk]
+            fits = affordable(chunk, budget.remaining())
+            if fits == 0:
+                left = sum(len(w.sample_indices) for w in work[start:])
+                raise budget.exceeded(chunk[0], left)
+            before = (stats.prompt_tokens, stats.completion_tokens)
+            self._run(work[start:start + fits], on_done, stats)
+            prompt, completion = stats.prompt_tokens - before[0], stats.completion_tokens - before[1]
+            budget.record(self.model_id, prompt, completion, prices.cost(prompt, completion),
+                          sum(len(w.sample_indices) for w in work[start:start + fits]))
+            start += fits
+            if log and start < len(work):
+                log(f"LLM {self.model_id}: budget: {budget.stage} spent ${budget.stage_spent:.4f}, "
+                    f"${budget.remaining():.4f} left under its cap")
+
     def ask(self, build: Callable[[bool], Sequence[ChatRequest]], *, cache: Any | None = None,
-            log: Log | None = None) -> Answers:
+            log: Log | None = None, budget: StageBudget | None = None) -> Answers:
         """A constrained task, one completion per request: `build(structured)` renders the requests for
         structured outputs (each carries its OutputSpec) or for free text. When the server rejects the schema,
         that is remembered for this resource and the rejected requests are asked again as free text."""
         structured = self.uses_structured_outputs()
         requests = list(build(structured))
-        results, stats = self.generate(requests, cache=cache, log=log)
+        results, stats = self.generate(requests, cache=cache, log=log, budget=budget)
         completions = [r[0] for r in results]
         modes = [structured] * len(requests)
         rejected = [i for i, c in enumerate(completions) if structured and c.error
@@ -200,7 +253,7 @@ class LLMResource(RoleResource):
                 log(f"LLM {self.model_id}: the server rejected structured outputs ({completions[rejected[0]].error}); "
                     f"asking {len(rejected)} requests again as free text, and free text from now on")
             text_requests = list(build(False))
-            again, more = self.generate([text_requests[i] for i in rejected], cache=cache, log=log)
+            again, more = self.generate([text_requests[i] for i in rejected], cache=cache, log=log, budget=budget)
             stats.drop_failures(len(rejected))
             stats.merge(more)
             for i, (c,) in zip(rejected, again):
@@ -208,18 +261,25 @@ class LLMResource(RoleResource):
         return Answers(completions, modes, stats)
 
     def label(self, texts: Sequence[str], task: ChoiceTask, *, max_tokens: int = 16, temperature: float = 0.0,
-              seed: int = 0, cache: Any | None = None, log: Log | None = None) -> LabelResult:
+              seed: int = 0, cache: Any | None = None, log: Log | None = None,
+              budget: StageBudget | None = None) -> LabelResult:
         """Classify each text into one of the task's labels (an LLM vote, constrained to the label list)."""
         def build(structured: bool) -> list[ChatRequest]:
-            return [ChatRequest.of(task.render(t, structured), n=1, temperature=temperature,
-                                   max_tokens=self.budget(max_tokens), seed=seed,
-                                   output=task.spec if structured else None) for t in texts]
+            return self.label_requests(texts, task, structured, max_tokens=max_tokens, temperature=temperature,
+                                       seed=seed)
 
-        answers = self.ask(build, cache=cache, log=log) if texts else Answers([], [], UsageStats())
+        answers = self.ask(build, cache=cache, log=log, budget=budget) if texts else Answers([], [], UsageStats())
         labels = [task.parse(c.text, s) if c.ok else UNKNOWN_LABEL for c, s in zip(answers.completions,
                                                                                    answers.structured)]
         said = [c.text[:200] if c.ok else f"error: {c.error}" for c in answers.completions]
         return LabelResult(labels, said, answers.stats, sum(answers.structured))
+
+    def label_requests(self, texts: Sequence[str], task: ChoiceTask, structured: bool, *, max_tokens: int = 16,
+                       temperature: float = 0.0, seed: int = 0) -> list[ChatRequest]:
+        """The requests `label` sends (the spend plan counts them)."""
+        return [ChatRequest.of(task.render(t, structured), n=1, temperature=temperature,
+                               max_tokens=self.budget(max_tokens), seed=seed,
+                               output=task.spec if structured else None) for t in texts]
 
     def _progress_line(self, done: int, total: int, elapsed: float, stats: UsageStats) -> str:
         if not total:

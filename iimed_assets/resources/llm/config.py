@@ -1,9 +1,10 @@
 """Build a role's resource from the profile's `Role`, with each setting overridable from the environment.
 
-    IIMED_<ROLE>_BACKEND=llamacpp|openai|vllm|embedding      ROLE = GENERATOR | CLASSIFIER | JUDGE
+    IIMED_<ROLE>_BACKEND=llamacpp|openai|openai_batch|vllm|embedding      ROLE = GENERATOR | CLASSIFIER | JUDGE
     IIMED_<ROLE>_MODEL, _BASE_URL (comma-separated: a fleet), _API_KEY_ENV (the *name* of the variable holding
     the key), _MAX_CONCURRENCY, _MAX_TOKENS, _TENSOR_PARALLEL, _USD_PER_1M_PROMPT, _USD_PER_1M_COMPLETION,
-    _STRUCTURED_OUTPUTS (0/1), _THREADS (llamacpp)
+    _STRUCTURED_OUTPUTS (0/1), _THREADS (llamacpp), _MAX_USD_STAGE, _MAX_USD_RUN (budget caps; or for every role
+    IIMED_MAX_USD_STAGE, IIMED_MAX_USD_RUN)
 
 This is the one place where the roles read the environment; it runs when the definitions are built.
 """
@@ -18,10 +19,11 @@ from iimed_assets.profiles import Role
 from iimed_assets.resources.llm.base import RoleResource
 from iimed_assets.resources.llm.embedding_classifier import EmbeddingClassifier
 from iimed_assets.resources.llm.llamacpp import LlamaCppLLM
+from iimed_assets.resources.llm.openai_batch import OpenAIBatchLLM
 from iimed_assets.resources.llm.openai_compatible import OpenAICompatibleLLM
 from iimed_assets.resources.llm.vllm_offline import VLLMOfflineLLM
 
-BACKENDS = ("llamacpp", "openai", "vllm", "embedding")
+BACKENDS = ("llamacpp", "openai", "openai_batch", "vllm", "embedding")
 
 
 def env_prefix(role: str) -> str:
@@ -51,6 +53,16 @@ def role_with_env(role: str, spec: Role, env: Mapping[str, str] | None = None) -
     return replace(spec, **changes)
 
 
+def spend_caps(role: str, env: Mapping[str, str]) -> dict[str, float]:
+    """`max_usd_stage` / `max_usd_run` from IIMED_<ROLE>_MAX_USD_STAGE|RUN, else IIMED_MAX_USD_STAGE|RUN."""
+    out: dict[str, float] = {}
+    for scope in ("STAGE", "RUN"):
+        value = env.get(f"{env_prefix(role)}_MAX_USD_{scope}") or env.get(f"IIMED_MAX_USD_{scope}")
+        if value not in (None, ""):
+            out[f"max_usd_{scope.lower()}"] = float(value)
+    return out
+
+
 def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -> RoleResource:
     """The resource for one role of the profile, environment overrides applied."""
     env = os.environ if env is None else env
@@ -58,6 +70,7 @@ def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -
     prefix = env_prefix(role)
     prices = {"usd_per_1m_prompt_tokens": spec.usd_per_1m_prompt,
               "usd_per_1m_completion_tokens": spec.usd_per_1m_completion}
+    prices.update(spend_caps(role, env))
     structured = env.get(f"{prefix}_STRUCTURED_OUTPUTS")
     llm_common = {**prices, "max_tokens": spec.max_tokens,
                   **({"structured_outputs": structured not in ("0", "false", "no")} if structured else {})}
@@ -71,6 +84,11 @@ def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -
         urls = [u.strip() for u in (spec.base_url or "http://127.0.0.1:8000/v1").split(",") if u.strip()]
         return OpenAICompatibleLLM(base_url=urls[0], base_urls=urls if len(urls) > 1 else [], model=spec.model,
                                    api_key_env=spec.api_key_env, max_concurrency=spec.max_concurrency, **llm_common)
+    if spec.backend == "openai_batch":
+        if not spec.model:
+            raise ValueError(f"{prefix}_BACKEND=openai_batch needs {prefix}_MODEL")
+        return OpenAIBatchLLM(base_url=(spec.base_url or "https://api.openai.com/v1").split(",")[0].strip(),
+                              model=spec.model, api_key_env=spec.api_key_env, **llm_common)
     if spec.backend == "vllm":
         if not spec.model:
             raise ValueError(f"{prefix}_BACKEND=vllm needs {prefix}_MODEL")

@@ -70,7 +70,9 @@ class EmbeddingClassifier(RoleResource):
         return labels, out
 
     def label(self, texts: Sequence[str], task: ChoiceTask, *, max_tokens: int = 16, temperature: float = 0.0,
-              seed: int = 0, cache: Any | None = None, log: Log | None = None) -> LabelResult:
+              seed: int = 0, cache: Any | None = None, log: Log | None = None,
+              budget: Any | None = None) -> LabelResult:
+        # budget: accepted for the role protocol; nearest exemplars cost nothing
         if not texts:
             return LabelResult([], [])
         labels, scores = self.scores(texts, task)

@@ -70,6 +70,12 @@ class LlamaCppLLM(LLMResource):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "threads": self.threads(), "n_ctx": self.n_ctx}
 
+    def token_counter(self):
+        """The GGUF's own tokenizer and chat template (vocab only, no weights): what the engine will count."""
+        from iimed_assets.resources.llm.tokens import gguf_counter
+
+        return gguf_counter(self.model_path or default_gguf_path())
+
     def threads(self) -> int:
         return self.n_threads or max(1, (os.cpu_count() or 1) - 1)
 

@@ -58,6 +58,11 @@ class OpenAICompatibleLLM(LLMResource):
         return {**super().describe(), "base_urls": self.server_urls(), "api_key_env": self.api_key_env,
                 "max_concurrency": self.max_concurrency}
 
+    @property
+    def budget_chunk(self) -> int:
+        # enough requests between two budget checks to keep every server's slots busy
+        return max(64, 4 * self.max_concurrency * len(self.server_urls()))
+
     def server_urls(self) -> list[str]:
         urls = [u.strip() for u in self.base_urls if u.strip()] or [self.base_url]
         return list(dict.fromkeys(urls))
