@@ -1,9 +1,9 @@
 """`iimed-assets materialize`: run every partition of every asset, in graph order, in this process.
 `iimed-assets dev`: the Dagster UI + daemon (`dagster dev`) on the same instance.
 `iimed-assets plan`: before any LLM call, what each model stage would send and cost (final line key=value).
-Both take `--profile laptop|card` (= IIMED_PROFILE); `materialize --set asset.field=value` overrides one stage
-setting of the profile (repeatable).
 `iimed-assets report`: this warehouse next to the published card, and every source's funnel, in the terminal.
+Materialize, dev and plan take `--profile laptop|card` (= IIMED_PROFILE); `materialize --set asset.field=value`
+overrides one stage setting of the profile (repeatable).
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: ./.dagster_home in the
 checkout), so `dagster dev` shows them afterwards. This is the one-command default run on the bundled
