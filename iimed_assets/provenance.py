@@ -60,6 +60,16 @@ def git_commit(path: Path = REPO) -> tuple[str | None, bool]:
     return (commit or None), bool(status.strip())
 
 
+def build_id() -> str:
+    """`<version>+<commit[:12]>[-dirty]` (or the version alone outside a git checkout): what a stage record keeps."""
+    try:
+        version = metadata.version(PACKAGE)
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    commit, dirty = git_commit()
+    return version + (f"+{commit[:12]}" + ("-dirty" if dirty else "") if commit else "")
+
+
 @dataclass(frozen=True)
 class BuildInfo:
     name: str

@@ -373,6 +373,7 @@ def test_sample_card_compares_reports_both_settings_and_is_valid_hub_yaml(sample
     items = _by_source(con, "SELECT source, count(*) FROM eval_items GROUP BY 1")
     assert f"`medqa_usmle_4opt` (MedQA USMLE test (4 options)) | fzkuji/MedQA | {items['medqa_usmle_4opt']:,} |" in text
     assert "](https://github.com/)" not in text and "`iimed_assets`" in text
+    assert "The stages that made the current rows ran with build" in text  # version+commit kept per stage record
 
 
 def test_report_command_prints_the_same_tables(sample_run, capsys):

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import dagster as dg
 
 from iimed_assets.core.runs import text_fingerprint
+from iimed_assets.provenance import build_id
 from iimed_assets.resources.warehouse import Warehouse
 
 # Role settings that change where or how fast a model runs, not what it writes: kept out of the settings hash
@@ -122,6 +123,7 @@ def record_stage_run(context: dg.AssetExecutionContext, warehouse: Warehouse, *,
         run_stats["wall_s"] = wall
     if run_runtime:
         run_stats["runtime"] = run_runtime
+    run_stats["build"] = build_id()  # which code produced the rows (the card lists the builds of the current rows)
     return warehouse.record_stage(context.asset_key.to_user_string(), context.run.run_id, params, run_stats,
                                   partition=partition_of(context))
 

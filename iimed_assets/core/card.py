@@ -73,6 +73,7 @@ class CardInputs:
     ledger: Sequence[tuple[str, str, int]] = ()       # (stage, reason, rows) of the funnel's stages
     profile: str | None = None
     funnel_png: str | None = None                     # path of the funnel plot inside the export
+    stage_builds: Sequence[str] = ()                  # builds (version+commit) the current rows were made with
 
 
 def size_category(n: int) -> str:
@@ -165,7 +166,9 @@ def dataset_card(c: CardInputs) -> str:
         f"{total:,} chat samples (`messages`: user turn(s), then an assistant turn with `<think>` reasoning where there "
         f"is reasoning), rebuilt with {c.build} from the public sources of the II-Medical-Reasoning-SFT recipe"
         + (f", profile `{c.profile}`" if c.profile else "") + ". Every number below was read from the run's warehouse "
-        "when this card was written.",
+        "when this card was written."
+        + (f" The stages that made the current rows ran with build{'s' if len(c.stage_builds) > 1 else ''} "
+           + ", ".join(f"`{b}`" for b in c.stage_builds) + "." if c.stage_builds else ""),
         "",
     ]
     if sample_sources:

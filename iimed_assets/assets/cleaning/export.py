@@ -243,12 +243,13 @@ def card_inputs(warehouse: Warehouse, name: str, files: dict[str, list[str]], fu
                  for s in registry.sources_in("eval")]
     stages = [s.asset for sec in funnel.SECTION_ORDER for s in funnel.stages_of(sec)]
     profiles = sorted({str(r.params["profile"]) for r in current if r.params.get("profile")})
+    builds = sorted({str(r.stats["build"]) for r in current if r.stats.get("build")})
     return card.CardInputs(
         name=name, build=build_info().markdown(), files=files, funnel=rows,
         rollup=stored_funnel(warehouse, SECTION_FUNNEL), sources=sources, languages=languages,
         published=published_figures(),
         stages=runs.stage_settings(history), eval_sets=eval_sets, profile=", ".join(profiles) or None,
-        funnel_png=funnel_png,
+        funnel_png=funnel_png, stage_builds=builds,
         by_section=warehouse.fetch("SELECT section, count(*) FILTER (WHERE split = 'train'), count(*) FILTER "
                                    "(WHERE split = 'validation') FROM sft_final GROUP BY 1 ORDER BY 1"),
         ledger=warehouse.fetch(f"SELECT asset, reason, count(*) FROM {LEDGER_TABLE} WHERE asset IN "
