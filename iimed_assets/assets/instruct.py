@@ -22,6 +22,7 @@ from iimed_assets.assets.common import (
     sample_column_schema,
     staged_partition,
 )
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core.judge import judge_messages, parse_score, score_spec
 from iimed_assets.core.llm import ChatRequest, Completion, UsageStats
 from iimed_assets.core.schema import MESSAGE_TYPE
@@ -189,6 +190,8 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
                        "FROM instruct_prompt_rows u JOIN read_parquet(?) n ON u.id = n.id WHERE u.source = ? "
                        "ORDER BY u.id",
             params=[str(stage.rows.path), source])
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows"}),
+                     roles={"generator": generator}, usage={"generator": run.stats})
     written, ledger_counts, preview = _partition_summary(warehouse, asset, source)
     return dg.MaterializeResult(
         metadata={
@@ -296,6 +299,8 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
             select_sql="SELECT r.*, n.judge_score, n.judge_model, n.judge_output FROM instruct_responses r "
                        "JOIN read_parquet(?) n ON r.id = n.id WHERE r.source = ? ORDER BY r.id",
             params=[str(stage.rows.path), source])
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows"}), roles={"judge": judge},
+                     usage={"judge": run.stats})
     return _judged_result(warehouse, source, run, judge)
 
 

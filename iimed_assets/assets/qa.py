@@ -28,6 +28,7 @@ from iimed_assets.assets.common import (
     sample_column_schema,
     staged_partition,
 )
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import qa
 from iimed_assets.core.llm import ChatRequest, UsageStats
 from iimed_assets.core.schema import MESSAGE_TYPE
@@ -224,6 +225,8 @@ def qa_samples(context: dg.AssetExecutionContext, config: QASamplesConfig, wareh
             select_sql="SELECT s.id, s.prompt_id, CAST(? AS VARCHAR) AS source, s.* EXCLUDE (id, prompt_id) "
                        "FROM read_parquet(?) s ORDER BY s.prompt_id, s.sample_index",
             params=[source, str(stage.rows.path)])
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts"}),
+                     roles={"generator": generator}, usage={"generator": run.stats})
     return _samples_result(warehouse, source, config, run, generator)
 
 
@@ -430,6 +433,8 @@ def qa_verified(context: dg.AssetExecutionContext, config: QAVerifiedConfig, war
                           "SELECT v.id, v.prompt_id, CAST(? AS VARCHAR) AS source, v.* EXCLUDE (id, prompt_id) "
                           "FROM read_parquet(?) v ORDER BY v.prompt_id, v.sample_index",
                           [source, str(vstage.rows.path)])])
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts"}), roles={"judge": judge},
+                     usage={"judge": run.stats})
     return _verified_result(warehouse, source, run, judge)
 
 

@@ -24,6 +24,7 @@ from pydantic import Field
 from iimed_assets import checks
 from iimed_assets.assets.common import GPU_POOL, histogram_markdown, histogram_png_markdown, markdown_table, \
     sample_column_schema
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import clustering, domains
 from iimed_assets.core.llm import UsageStats
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA
@@ -109,6 +110,11 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
         "FROM r1_prompt_embeddings WHERE source = ?", [dim, source])
     norms_ok = stored == 0 or (abs(min_norm - 1) <= NORM_TOLERANCE and abs(max_norm - 1) <= NORM_TOLERANCE)
     rate = len(ids) / seconds if seconds > 0 else 0.0
+    record_stage_run(context, warehouse, settings={"embedding_model": embedder.model_id, "precision": precision,
+                                                   "dimension": dim},
+                     runtime={"device": device, "batch_size": batch,
+                              "tokenize_workers": embedder.resolved_tokenize_workers()},
+                     stats={"rows": int(stored), "embed_s": round(seconds, 2), "prompts_per_s": round(rate, 1)})
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": int(stored),
@@ -212,8 +218,8 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
               "backend": backend.name,
               **({"fine_niter": config.fine_niter, "nprobe": config.nprobe, "refine": config.refine}
                  if result.method == "two_level" else {})}
-    warehouse.record_stage("r1_clusters", context.run.run_id, params,
-                           {"rows": n, "objective": round(result.objective, 6), "seconds": round(result.seconds, 2),
+    record_stage_run(context, warehouse, settings=params,
+                     stats={"rows": n, "objective": round(result.objective, 6), "kmeans_s": round(result.seconds, 2),
                             **({"flat_comparison": comparison} if comparison else {})})
     missing, out_of_range, stored = warehouse.fetch_one(
         "SELECT (SELECT count(*) FROM r1_prompt_embeddings e ANTI JOIN r1_clusters c ON c.id = e.id AND "
@@ -367,11 +373,10 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
     prompt_rows, per_prompt_calls = _classify_mixed_clusters(context, config, warehouse, classifier, work, refined,
                                                              vote_rows)
     _write_domain_tables(context, warehouse, label_rows, vote_rows, prompt_rows)
-    warehouse.record_stage("r1_cluster_domains", context.run.run_id,
-                           {"voters": config.voters, "model": classifier.model_id, "domains": list(domains.DOMAINS),
-                            "keep": sorted(domains.KEEP_DOMAINS), "per_prompt_budget": config.per_prompt_budget,
-                            "profile": PROFILE.name},
-                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows),
+    record_stage_run(context, warehouse, roles={"classifier": classifier}, usage={"classifier": work.stats},
+                     settings={**config.model_dump(), "domains": list(domains.DOMAINS),
+                               "keep": sorted(domains.KEEP_DOMAINS)},
+                     stats={"clusters": len(label_rows), "classified_prompts": len(vote_rows),
                             "mixed_clusters": mixed, "per_prompt_clusters": len(refined),
                             "per_prompt_calls": per_prompt_calls})
     summary = _DomainSummary.of(warehouse, label_rows, vote_rows, prompt_rows, mixed, len(refined), per_prompt_calls,
@@ -565,8 +570,7 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
     own_label = warehouse.fetch_one(
         "SELECT count(*) FROM r1_medical_traces m JOIN r1_cluster_domains d USING (cluster_id) WHERE d.per_prompt"
     )[0] if per_prompt else 0
-    warehouse.record_stage("r1_medical_traces", context.run.run_id, {"keep_domains": keep},
-                           {"rows_in": rows_in, "kept": kept})
+    record_stage_run(context, warehouse, settings={"keep_domains": keep}, stats={"rows_in": rows_in, "kept": kept})
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": kept,

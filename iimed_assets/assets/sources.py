@@ -15,6 +15,7 @@ import dagster as dg
 from iimed_assets import checks
 from iimed_assets.assets.common import Progress, ledger_markdown, markdown_table, sample_column_schema, \
     sample_partition_stats
+from iimed_assets.assets.stage_records import record_source_read
 from iimed_assets.partitions import PARTITIONS_BY_SECTION
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.warehouse import Warehouse
@@ -55,6 +56,8 @@ def materialize_source_partition(
     ledger_rows = sum(stats["ledger"].values())
     lo, hi = catalog.bounds(spec)
     rows = stats["rows"]
+    record_source_read(context, warehouse, origin, max_rows=catalog.resolved_max_rows(), rows_read=result.rows_read,
+                       rows=rows, ledgered=ledger_rows, seconds=result.seconds)
     context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
                      f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
     return dg.MaterializeResult(
