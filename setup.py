@@ -1,14 +1,21 @@
+import os
+
 from setuptools import find_packages, setup
 
 # dagster and its own packages are pinned as one set. No dagster integration library is used: the
 # warehouse is its own DuckDB resource (lock waits, memory limit, the checked swap), so dagster-duckdb is
 # not a dependency; if one is added, pin its release for this dagster version (0.29.x for 1.13.x).
 DAGSTER = "1.13.27"
+# The project's public repository, when there is one: set IIMED_REPOSITORY_URL when building/installing, and the
+# exported dataset card links it (iimed_assets/provenance.py reads it back from the package metadata). No
+# placeholder is written when it is unset: the card then names the build (version + git commit) instead.
+REPOSITORY_URL = os.environ.get("IIMED_REPOSITORY_URL", "").strip()
 
 setup(
     name="iimed_assets",
     version="0.1.0",
     description="A Dagster asset graph over DuckDB that rebuilds the II-Medical-Reasoning-SFT recipe",
+    **({"url": REPOSITORY_URL, "project_urls": {"Repository": REPOSITORY_URL}} if REPOSITORY_URL else {}),
     python_requires=">=3.10,<3.14",
     packages=find_packages(exclude=["iimed_assets_tests", "iimed_assets_tests.*"]),
     include_package_data=True,

@@ -111,6 +111,9 @@ def duplicate_ids_within_bound(duplicates: int, rows: int, bound: float,
 LLM_FAILURE_SHARE = "llm_failure_share"
 
 
+FAILURE_BOUNDS = frozenset({"failure_warn_share", "failure_error_share"})  # config fields that never change rows
+
+
 class LLMFailureBounds(dg.Config):
     """The failure-share bounds of an LLM stage (its config inherits them, so each stage sets its own)."""
 

@@ -1,8 +1,9 @@
 """`iimed-assets materialize`: run every partition of every asset, in graph order, in this process.
 `iimed-assets dev`: the Dagster UI + daemon (`dagster dev`) on the same instance.
 `iimed-assets plan`: before any LLM call, what each model stage would send and cost (final line key=value).
-Both take `--profile laptop|card` (= IIMED_PROFILE); `materialize --set asset.field=value` overrides one stage
-setting of the profile (repeatable).
+`iimed-assets report`: this warehouse next to the published card, and every source's funnel, in the terminal.
+Materialize, dev and plan take `--profile laptop|card` (= IIMED_PROFILE); `materialize --set asset.field=value`
+overrides one stage setting of the profile (repeatable).
 
 Runs are recorded in the Dagster instance at $DAGSTER_HOME (default: ./.dagster_home in the
 checkout), so `dagster dev` shows them afterwards. This is the one-command default run on the bundled
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="a stage setting, as for materialize (e.g. qa_samples.n=6)")
     plan.add_argument("--output-tokens", action="append", metavar="STAGE_OR_ROLE=N", default=[],
                       help="state the expected completion tokens per sample (e.g. judge=180, qa_samples=2500)")
+    rep = sub.add_parser("report", help="print this warehouse's counts next to the published card's, per section "
+                                        "and per source, and every source's funnel through the stages")
+    rep.add_argument("--warehouse", help="DuckDB file (default: $IIMED_WAREHOUSE or ./data/warehouse.duckdb)")
+    rep.add_argument("--width", type=int, default=48, help="clip table cells to this many characters")
     dev = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", default="3000")
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sources(args, parser)
     if args.command == "plan":
         return _plan(args, parser)
+    if args.command == "report":
+        return _report(args)
 
     home = prepare_dagster_home()
     if args.command == "dev":
@@ -208,6 +215,52 @@ def _sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("\n".join(result.lines()), flush=True)
     print(f"\n{len(specs) - failed} ok, {failed} failed (first {args.rows} records per source)")
     return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """`iimed-assets report [--warehouse PATH]`: the published-vs-run and funnel tables of the current warehouse."""
+    import re
+
+    from iimed_assets.assets.cleaning.export import published_figures
+    from iimed_assets.assets.cleaning.funnel import current_funnel
+    from iimed_assets.core import funnel, report, runs
+    from iimed_assets.core.card import CardInputs, stage_lines
+    from iimed_assets.resources.warehouse import Warehouse
+
+    warehouse = Warehouse(path=args.warehouse) if args.warehouse else Warehouse()
+    if not warehouse.database.exists():
+        print(f"no warehouse at {warehouse.database}: materialize first (iimed-assets materialize), or pass "
+              "--warehouse", file=sys.stderr)
+        return 2
+    rows, _ = current_funnel(warehouse)
+    published = published_figures()
+    final, read = funnel.final_rows(rows), funnel.read_rows(rows)
+    sources = sorted({(r.section, r.source) for r in rows},
+                     key=lambda k: (funnel.SECTION_ORDER.index(k[0]), k[1]))
+
+    def show(title: str, table: tuple) -> None:
+        print(f"\n{title}\n\n{report.text_table(*table, max_width=args.width)}")
+
+    print(f"warehouse: {warehouse.database}")
+    show("This run next to the published card, by section (final rows)",
+         report.published_vs_run_sections(final, published))
+    show("By source", report.published_vs_run_sources(sources, final, read, published))
+    for section in funnel.SECTION_ORDER:
+        show(f"Funnel — {report.SECTION_TITLES[section]} (rows out of each stage; prompts for sampled/verified)",
+             report.funnel_table(rows, section))
+    zero = report.ended_at_zero(rows)
+    if zero:
+        show("Sources with no row in the final set", (["section", "source", "read", "where its rows went"], zero))
+    stale = funnel.unaccounted(rows)
+    if stale:
+        print(f"\n⚠ {len(stale)} (source, stage) pairs read rows they neither passed on nor ledgered (a stage older "
+              "than its input): " + ", ".join(f"{r.stage}[{r.source}] {r.unaccounted:+,}" for r in stale[:10]))
+    settings = runs.stage_settings(warehouse.stage_history()) if warehouse.table_exists("stage_runs") else {}
+    lines = stage_lines(CardInputs(name="", build="", by_section=(), files={}, stages=settings))
+    print("\nModels and parameters (stage_runs)\n")
+    print("\n".join(re.sub(r"[`*]", "", line) for line in lines))
+    print(f"\npublished figures: {published.citation}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -394,6 +394,7 @@ def test_cleaning_assets_end_to_end(eval_warehouse, tmp_path):
                          run_config={"ops": {"sft_final": {"config": {"validation_fraction": 0.1}}}})
     checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
     assert res.success and all(c.passed for c in checks.values()), {n: c.passed for n, c in checks.items()}
+    assert dg.materialize([assets["source_funnel"]], resources=resources).success
     out = tmp_path / "export"
     assert dg.materialize([assets["sft_export"]], resources=resources,
                           run_config={"ops": {"sft_export": {"config": {"out_dir": str(out)}}}}).success
@@ -420,7 +421,7 @@ def test_cleaning_assets_end_to_end(eval_warehouse, tmp_path):
     assert len(ds) == splits["train"] and ds[0]["messages"][0]["role"] in ("user", "system")
     assert sum(1 for _ in open(out / "train.jsonl")) == splits["train"]
     card = (out / "README.md").read_text()
-    assert f"{n_final:,} chat samples" in card and "near_duplicate" in card and "Jaccard >= 0.7" in card
+    assert f"{n_final:,} chat samples" in card and "near_duplicate" in card and "threshold=0.7" in card
 
     # Blocking checks run on the staged rows: when one fails, the run fails and sft_final and the ledger stay
     # exactly as they were. First a count bound no run can meet (total_in_bounds, ERROR)...

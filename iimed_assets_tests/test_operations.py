@@ -204,7 +204,8 @@ def test_jobs_cover_every_asset_once_per_section():
         "section2_rejection_sampling": {"qa_seed_rows", "qa_samples", "qa_verified"},
         "section4_instruct": {"instruct_prompt_rows", "instruct_responses", "instruct_judged"},
         "eval_sets": {"eval_items"},
-        "cleaning_and_export": {"sft_candidates", "sft_deduped", "sft_decontaminated", "sft_final", "sft_export"},
+        "cleaning_and_export": {"sft_candidates", "sft_deduped", "sft_decontaminated", "sft_final", "source_funnel",
+                                "sft_export"},
     }
     covered: set[str] = set()
     for name in [*expected, "section3_r1_domain_filter", "spend_plan"]:

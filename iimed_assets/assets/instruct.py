@@ -25,6 +25,7 @@ from iimed_assets.assets.common import (
     staged_partition,
     swap_checked,
 )
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core.judge import judge_messages, parse_score, score_spec
 from iimed_assets.core.llm import ChatRequest, Completion, UsageStats
 from iimed_assets.core.schema import MESSAGE_TYPE
@@ -199,6 +200,8 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
             lambda staged: [checks.rows_conserved(run.rows_in, staged.count(warehouse),
                                                   sum(staged.ledger_counts(warehouse).values())),
                             checks.llm_failure_share(run.stats, config, "generator")])
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows", *checks.FAILURE_BOUNDS}),
+                     roles={"generator": generator}, usage={"generator": run.stats})
     written, ledger_counts, preview = _partition_summary(warehouse, asset, source)
     return dg.MaterializeResult(
         metadata={
@@ -307,6 +310,8 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
                    "JOIN read_parquet(?) n ON r.id = n.id WHERE r.source = ? ORDER BY r.id",
             [str(stage.rows.path), source]), partition=source, ledger_path=stage.ledger.path),
             lambda staged: _judged_checks(warehouse, source, run, staged.table, staged.ledger))
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows", *checks.FAILURE_BOUNDS}), roles={"judge": judge},
+                     usage={"judge": run.stats})
     written, ledger_counts, _ = _partition_summary(warehouse, asset, source)
     pass_rate = written / run.rows_in if run.rows_in else 0.0
     return dg.MaterializeResult(

@@ -29,6 +29,7 @@ from iimed_assets.assets.common import (
     staged_partition,
     swap_checked,
 )
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import qa
 from iimed_assets.core.llm import ChatRequest, UsageStats
 from iimed_assets.core.schema import MESSAGE_TYPE
@@ -226,6 +227,8 @@ def qa_samples(context: dg.AssetExecutionContext, config: QASamplesConfig, wareh
                    "FROM read_parquet(?) s ORDER BY s.prompt_id, s.sample_index", [source, str(stage.rows.path)]),
             partition=source, ledger_path=stage.ledger.path),
             lambda staged: _samples_checks(warehouse, staged, source, config, run))
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts", *checks.FAILURE_BOUNDS}),
+                     roles={"generator": generator}, usage={"generator": run.stats})
     return _samples_result(warehouse, source, config, run, generator, results)
 
 
@@ -448,6 +451,8 @@ def qa_verified(context: dg.AssetExecutionContext, config: QAVerifiedConfig, war
                                 "FROM read_parquet(?) v ORDER BY v.prompt_id, v.sample_index",
                                 [source, str(vstage.rows.path)])]),
             lambda staged: _verified_checks(warehouse, source, run, staged))
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts", *checks.FAILURE_BOUNDS}),
+                     roles={"judge": judge}, usage={"judge": run.stats})
     return _verified_result(warehouse, source, run, judge, results)
 
 

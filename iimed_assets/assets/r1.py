@@ -23,6 +23,7 @@ from pydantic import Field
 from iimed_assets import checks
 from iimed_assets.assets.common import GPU_POOL, histogram_markdown, histogram_png_markdown, markdown_table, \
     sample_column_schema, swap_checked
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import clustering, domains
 from iimed_assets.core.llm import UsageStats
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA
@@ -105,6 +106,11 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
             lambda staged: _embedding_checks(warehouse, staged.table, source, dim, len(ids)))
     stored = warehouse.fetch_one("SELECT count(*) FROM r1_prompt_embeddings WHERE source = ?", [source])[0]
     rate = len(ids) / seconds if seconds > 0 else 0.0
+    record_stage_run(context, warehouse, settings={"embedding_model": embedder.model_id, "precision": precision,
+                                                   "dimension": dim},
+                     runtime={"device": device, "batch_size": batch,
+                              "tokenize_workers": embedder.resolved_tokenize_workers()},
+                     stats={"rows": int(stored), "embed_s": round(seconds, 2), "prompts_per_s": round(rate, 1)})
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": int(stored),
@@ -219,8 +225,8 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
               "backend": backend.name,
               **({"fine_niter": config.fine_niter, "nprobe": config.nprobe, "refine": config.refine}
                  if result.method == "two_level" else {})}
-    warehouse.record_stage("r1_clusters", context.run.run_id, params,
-                           {"rows": n, "objective": round(result.objective, 6), "seconds": round(result.seconds, 2),
+    record_stage_run(context, warehouse, settings=params,
+                     stats={"rows": n, "objective": round(result.objective, 6), "kmeans_s": round(result.seconds, 2),
                             **({"flat_comparison": comparison} if comparison else {})})
     stored = warehouse.fetch_one("SELECT count(*) FROM r1_clusters")[0] if n else 0
     buckets = _size_buckets(sizes)
@@ -388,11 +394,10 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
     results = _write_domain_tables(context, warehouse, label_rows, vote_rows, prompt_rows, lambda staged: [
         *summarise({"r1_cluster_domains": staged.table, **staged.side}).checks(config.min_median_agreement),
         checks.llm_failure_share(work.stats if voters else None, config, "classifier")])
-    warehouse.record_stage("r1_cluster_domains", context.run.run_id,
-                           {"voters": config.voters, "model": classifier.model_id, "domains": list(domains.DOMAINS),
-                            "keep": sorted(domains.KEEP_DOMAINS), "per_prompt_budget": config.per_prompt_budget,
-                            "profile": PROFILE.name},
-                           {"clusters": len(label_rows), "classified_prompts": len(vote_rows),
+    record_stage_run(context, warehouse, roles={"classifier": classifier}, usage={"classifier": work.stats},
+                     settings={**config.model_dump(exclude=checks.FAILURE_BOUNDS), "domains": list(domains.DOMAINS),
+                               "keep": sorted(domains.KEEP_DOMAINS)},
+                     stats={"clusters": len(label_rows), "classified_prompts": len(vote_rows),
                             "mixed_clusters": mixed, "per_prompt_clusters": len(refined),
                             "per_prompt_calls": per_prompt_calls})
     summary = summarise({})
@@ -588,8 +593,7 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
     own_label = warehouse.fetch_one(
         "SELECT count(*) FROM r1_medical_traces m JOIN r1_cluster_domains d USING (cluster_id) WHERE d.per_prompt"
     )[0] if per_prompt else 0
-    warehouse.record_stage("r1_medical_traces", context.run.run_id, {"keep_domains": keep},
-                           {"rows_in": rows_in, "kept": kept})
+    record_stage_run(context, warehouse, settings={"keep_domains": keep}, stats={"rows_in": rows_in, "kept": kept})
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": kept,

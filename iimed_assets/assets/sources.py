@@ -15,6 +15,7 @@ import dagster as dg
 from iimed_assets import checks
 from iimed_assets.assets.common import Progress, ledger_markdown, markdown_table, sample_column_schema, \
     sample_partition_stats, swap_checked
+from iimed_assets.assets.stage_records import record_source_read
 from iimed_assets.partitions import PARTITIONS_BY_SECTION
 from iimed_assets.resources.catalog import SourceCatalog
 from iimed_assets.resources.warehouse import Staged, Swap, Warehouse
@@ -63,6 +64,8 @@ def materialize_source_partition(
             asset, name, result.rows_path, result.ledger_path), evaluate)
 
     stats = staged_stats["stats"]
+    record_source_read(context, warehouse, origin, max_rows=catalog.resolved_max_rows(), rows_read=result.rows_read,
+                       rows=stats["rows"], ledgered=sum(stats["ledger"].values()), seconds=result.seconds)
     context.log.info(f"{asset}[{name}]: {stats['rows']:,} rows written, {sum(stats['ledger'].values()):,} in the "
                      f"ledger {json.dumps(stats['ledger']) if stats['ledger'] else ''}")
     return dg.MaterializeResult(

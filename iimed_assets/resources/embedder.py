@@ -60,7 +60,10 @@ class Embedder(dg.ConfigurableResource):
 
     @property
     def model_id(self) -> str:
-        return os.path.basename(self.resolved_model_path().rstrip("/")) or self.resolved_model_path()
+        path = self.resolved_model_path()
+        if not (self.model_path or os.environ.get(ENV_MODEL)):
+            return "all-MiniLM-L6-v2"  # the packaged copy's folder is just "model"
+        return os.path.basename(path.rstrip("/")) or path
 
     def resolved_batch_size(self) -> int:
         if self.batch_size:

@@ -30,6 +30,8 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from iimed_assets.core.runs import ALL as ALL_PARTITIONS
+from iimed_assets.core.runs import StageRun, settings_hash
 from iimed_assets.core.schema import (
     LEDGER_COLUMNS_DDL,
     SAMPLE_COLUMN_NAMES,
@@ -155,6 +157,9 @@ def blocking_failures(results: Sequence[Any], blocking: Collection[str]) -> list
 
 
 STAGED_SWAPS = "staged_swaps"  # staged tables not yet swapped in, with the process that staged them
+STAGE_RUNS = "stage_runs"  # what produced each stage partition's rows: every record, the latest is current
+STAGE_RUNS_DDL = (f"CREATE TABLE {STAGE_RUNS} (seq BIGINT, asset VARCHAR NOT NULL, partition VARCHAR NOT NULL, "
+                  "run_id VARCHAR, settings_hash VARCHAR NOT NULL, params JSON, stats JSON, recorded_at TIMESTAMP)")
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -367,21 +372,70 @@ class Warehouse(dg.ConfigurableResource):
         return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
                                 [table]).fetchone()[0])
 
-    def record_stage(self, asset: str, run_id: str | None, params: dict, stats: dict) -> None:
-        """Remember the parameters and headline numbers of a stage's last materialization in the warehouse
-        itself (the dataset card is written from here, whatever Dagster instance ran the stage)."""
+    def record_stage(self, asset: str, run_id: str | None, params: dict, stats: dict,
+                     partition: str | None = None) -> str:
+        """Remember what produced a stage partition's rows (`params`: backend, model, sampling, thresholds... —
+        what decides the rows) and its headline numbers (`stats`: rows, tokens, cost, wall time), in the warehouse
+        itself (the dataset card is written from here, whatever Dagster instance ran the stage). Every record is
+        kept, with a hash of `params`: the latest of a partition is its current one, and an earlier one with
+        another hash is a rerun with other settings. Returns the settings hash."""
+        params = json.loads(json.dumps(params, default=str))
+        digest = settings_hash(params)
         with self.connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS stage_runs (asset VARCHAR PRIMARY KEY, run_id VARCHAR, "
-                        "params JSON, stats JSON, recorded_at TIMESTAMP DEFAULT current_timestamp)")
-            con.execute("INSERT OR REPLACE INTO stage_runs (asset, run_id, params, stats, recorded_at) "
-                        "VALUES (?, ?, ?, ?, current_timestamp)",
-                        [asset, run_id, json.dumps(params, default=str), json.dumps(stats, default=str)])
+            self.ensure_stage_runs(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                seq = con.execute(f"SELECT coalesce(max(seq), 0) + 1 FROM {STAGE_RUNS}").fetchone()[0]
+                con.execute(f"INSERT INTO {STAGE_RUNS} (seq, asset, partition, run_id, settings_hash, params, stats, "
+                            "recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+                            [seq, asset, partition or ALL_PARTITIONS, run_id, digest, json.dumps(params),
+                             json.dumps(stats, default=str)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return digest
 
-    def stage_record(self, asset: str) -> tuple[dict, dict]:
-        if not self.table_exists("stage_runs"):
+    @staticmethod
+    def ensure_stage_runs(con: duckdb.DuckDBPyConnection) -> None:
+        """The `stage_runs` table; a warehouse written before it kept history (one row per asset, no partition) is
+        migrated in place: its rows become the `all` partition's first records."""
+        cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                                          [STAGE_RUNS]).fetchall()]
+        if cols and "partition" not in cols:
+            old = con.execute(f"SELECT asset, run_id, params, stats, recorded_at FROM {STAGE_RUNS} "
+                              "ORDER BY recorded_at, asset").fetchall()
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"ALTER TABLE {STAGE_RUNS} RENAME TO {STAGE_RUNS}_v1")
+                con.execute(STAGE_RUNS_DDL)
+                for seq, (asset, run_id, params, stats, at) in enumerate(old, 1):
+                    con.execute(f"INSERT INTO {STAGE_RUNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                [seq, asset, ALL_PARTITIONS, run_id, settings_hash(json.loads(params)), params, stats,
+                                 at])
+                con.execute(f"DROP TABLE {STAGE_RUNS}_v1")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        elif not cols:
+            con.execute(STAGE_RUNS_DDL.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+
+    def stage_history(self, assets: Collection[str] | None = None) -> list[StageRun]:
+        """Every stage record (of `assets`), oldest first."""
+        with self.connect() as con:
+            self.ensure_stage_runs(con)
+            sql = (f"SELECT asset, partition, run_id, settings_hash, params, stats, recorded_at, seq FROM {STAGE_RUNS}"
+                   + (" WHERE asset IN (SELECT unnest(?::VARCHAR[]))" if assets is not None else "") + " ORDER BY seq")
+            rows = con.execute(sql, [list(assets)] if assets is not None else []).fetchall()
+        return [StageRun(a, p, r, h, json.loads(pa), json.loads(st), at, seq) for a, p, r, h, pa, st, at, seq in rows]
+
+    def stage_record(self, asset: str, partition: str | None = None) -> tuple[dict, dict]:
+        """(params, stats) of the current record of a stage partition (unpartitioned: `all`); empty when none."""
+        if not self.table_exists(STAGE_RUNS):
             return {}, {}
-        row = self.fetch_one("SELECT params, stats FROM stage_runs WHERE asset = ?", [asset])
-        return (json.loads(row[0]), json.loads(row[1])) if row else ({}, {})
+        runs = [r for r in self.stage_history([asset]) if r.partition == (partition or ALL_PARTITIONS)]
+        return (dict(runs[-1].params), dict(runs[-1].stats)) if runs else ({}, {})
 
     def table_exists(self, table: str) -> bool:
         row = self.fetch_one("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])

@@ -18,6 +18,7 @@ from iimed_assets.assets.cleaning.common import (
     table_metadata,
 )
 from iimed_assets.assets.common import Progress, histogram_markdown, markdown_table, staged_partition, swap_checked
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import decontam
 from iimed_assets.resources.warehouse import Select, Swap, Warehouse
 
@@ -102,8 +103,10 @@ def sft_decontaminated(context: dg.AssetExecutionContext, config: DecontamConfig
             checks.rows_conserved(n, staged.count(warehouse), sum(staged.ledger_counts(warehouse).values())),
             no_contamination(decontam.contamination_rate(
                 finder.ngram_index, id_prompt_batches(warehouse, staged.table, config.batch_rows)))])
-    warehouse.record_stage("sft_decontaminated", context.run.run_id, config.model_dump(),
-                           {"rows_in": n, "eval_items": len(items), "removed_by_step": dict(finder.stats.by_step),
+    # the settings that decide which rows go; threads and batch size only change the speed (stats)
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"fuzzy_workers", "batch_rows"}),
+                     started=started, runtime={"fuzzy_workers": finder.fuzzy_workers, "batch_rows": config.batch_rows},
+                     stats={"rows_in": n, "eval_items": len(items), "removed_by_step": dict(finder.stats.by_step),
                             "removed_by_eval_set": dict(finder.stats.by_eval_set)})
     return dg.MaterializeResult(metadata=decontam_metadata(warehouse, finder, config, time.perf_counter() - started),
                                 check_results=results)

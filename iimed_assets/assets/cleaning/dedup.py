@@ -11,6 +11,7 @@ from pydantic import Field
 from iimed_assets import checks
 from iimed_assets.assets.cleaning.common import count, table_metadata
 from iimed_assets.assets.common import Progress, histogram_markdown, markdown_table, staged_partition, swap_checked
+from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import dedup
 from iimed_assets.core.schema import response_text
 from iimed_assets.resources.warehouse import Select, Swap, Warehouse
@@ -110,7 +111,7 @@ def sft_deduped(context: dg.AssetExecutionContext, config: DedupConfig, warehous
                          f"LSH bands={pass_.bands}×{pass_.rows_per_band}, {stats.pairs_verified:,} pairs verified")
         results = swap_checked(context, warehouse, deduped_swap(stage.rows.path), lambda staged: [
             checks.rows_conserved(n, staged.count(warehouse), sum(staged.ledger_counts(warehouse).values()))])
-    warehouse.record_stage("sft_deduped", context.run.run_id, pass_.parameters,
-                           {"rows_in": n, "dropped": stats.dropped, "exact_copies": stats.exact_copies})
+    record_stage_run(context, warehouse, settings=pass_.parameters, started=started,
+                     stats={"rows_in": n, "dropped": stats.dropped, "exact_copies": stats.exact_copies})
     return dg.MaterializeResult(metadata=dedup_metadata(warehouse, stats, pass_.parameters,
                                                         time.perf_counter() - started), check_results=results)
