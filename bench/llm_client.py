@@ -39,7 +39,7 @@ class ServerProcess:
     def counts(self) -> tuple[int, int]:
         self.proc.stdin.write("count\n")
         self.proc.stdin.flush()
-        requests, in_flight = self.proc.stdout.readline().split()
+        requests, in_flight = self.proc.stdout.readline().split()[:2]
         return int(requests), int(in_flight)
 
     @property

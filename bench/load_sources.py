@@ -9,6 +9,12 @@ Memory is flat if the streaming peak at 1M rows is close to its peak at 100k row
 Final line: key=value pairs (rows_per_s, baseline_rows_per_s, ratio, peak RSS for both sizes, growth).
 
     python bench/load_sources.py [--rows 1000000] [--small 100000]
+
+`--against /other/checkout` instead times the loader of this checkout and of another one (e.g. main before a
+change) on the same file, alternating `--pairs` times, so both see the same machine load; final line:
+rows_per_s=… other_rows_per_s=… ratio=… (median of the pairs).
+
+    python bench/load_sources.py --against /tmp/main-copy --rows 200000 --pairs 5
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 
 def run_streaming(path: str, db: str) -> dict:
     from iimed_assets.resources.catalog import SourceCatalog
-    from iimed_assets.resources.warehouse import Warehouse
+    from iimed_assets.resources.warehouse import Swap, Warehouse
     from iimed_assets.sources.ingest import ingest
 
     t0 = time.perf_counter()
@@ -56,9 +62,8 @@ def run_streaming(path: str, db: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         res = ingest(catalog.read("healthcaremagic"), source="healthcaremagic", section="instruct",
                      staging_dir=Path(tmp), batch_rows=catalog.batch_rows)
-        wh.replace_source_partition(table="instruct_prompt_rows", asset="instruct_prompt_rows",
-                                    partition="healthcaremagic", rows_path=res.rows_path,
-                                    ledger_path=res.ledger_path, run_id="bench")
+        wh.swap(Swap.source_partition("instruct_prompt_rows", "healthcaremagic", res.rows_path, res.ledger_path),
+                run_id="bench")
     written = wh.fetch_one("SELECT count(*) FROM instruct_prompt_rows")[0]
     return {"rows": res.rows_read, "written": written, "seconds": time.perf_counter() - t0}
 
@@ -111,14 +116,44 @@ def measure(mode: str, path: Path, workdir: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def paired(other: Path, rows: int, pairs: int) -> None:
+    """The loader of this checkout against another checkout's, alternating on one generated file."""
+    import statistics
+
+    scripts = {"this": Path(__file__).resolve(), "other": other.resolve() / "bench" / "load_sources.py"}
+    times: dict[str, list[float]] = {"this": [], "other": []}
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        src = Path(tmp) / "src.jsonl"
+        generate(src, rows)
+        for k in range(pairs):
+            for name in (("this", "other") if k % 2 == 0 else ("other", "this")):
+                env = {key: v for key, v in os.environ.items() if key != "PYTHONPATH"}  # each checkout its own code
+                proc = subprocess.run([sys.executable, str(scripts[name]), "--child", "loader", str(src),
+                                       str(Path(tmp) / "x.duckdb")], capture_output=True, text=True, check=True,
+                                      env=env)
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                assert r["rows"] == r["written"] == rows, r
+                times[name].append(r["seconds"])
+                print(f"pair {k} {name:5} {rows / r['seconds']:9,.0f} rows/s", flush=True)
+    this, that = statistics.median(times["this"]), statistics.median(times["other"])
+    print(f"rows={rows} pairs={pairs} rows_per_s={rows / this:.0f} other_rows_per_s={rows / that:.0f} "
+          f"ratio={that / this:.3f} this_s={','.join(f'{t:.2f}' for t in times['this'])} "
+          f"other_s={','.join(f'{t:.2f}' for t in times['other'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=100_000)
     ap.add_argument("--child", nargs=3, metavar=("MODE", "PATH", "DB"))
+    ap.add_argument("--against", type=Path, help="another checkout: time both loaders, paired")
+    ap.add_argument("--pairs", type=int, default=5)
     args = ap.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.against:
+        paired(args.against, args.rows, args.pairs)
         return
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         work = Path(tmp)

@@ -8,6 +8,9 @@ partition by `rows_conserved`; it blocks downstream assets when it fails.
 from __future__ import annotations
 
 import dagster as dg
+from pydantic import Field
+
+from iimed_assets.core.llm import UsageStats
 
 ROWS_CONSERVED = "rows_conserved"
 ROW_COUNT_IN_BOUNDS = "row_count_in_bounds"
@@ -100,4 +103,49 @@ def duplicate_ids_within_bound(duplicates: int, rows: int, bound: float,
                   "max_share": bound, "most_repeated": dg.MetadataValue.json(dict(top))},
         description=None if share <= bound else
         f"{share:.1%} of rows repeat an earlier id (bound {bound:.0%}): the source's id key is probably wrong",
+    )
+
+
+# ---- every LLM stage: the share of samples that came back failed or empty (issue 21.7) ---------------------------
+
+LLM_FAILURE_SHARE = "llm_failure_share"
+
+
+FAILURE_BOUNDS = frozenset({"failure_warn_share", "failure_error_share"})  # config fields that never change rows
+
+
+class LLMFailureBounds(dg.Config):
+    """The failure-share bounds of an LLM stage (its config inherits them, so each stage sets its own)."""
+
+    failure_warn_share: float = Field(default=0.01, description="WARN when more than this share of the stage's "
+                                                                "samples failed or came back empty")
+    failure_error_share: float = Field(default=0.10, description="blocking ERROR above this share: the partition keeps "
+                                                                 "its previous rows; a rerun asks the failed ones again")
+
+
+def llm_failure_spec(asset: str, role: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(LLM_FAILURE_SHARE, asset=asset, blocking=True,
+                             description=f"At most a small share of the {role}'s samples failed or came back empty "
+                                         "(WARN above failure_warn_share, blocking ERROR above failure_error_share).")
+
+
+def llm_failure_share(stats: UsageStats | None, bounds: LLMFailureBounds, role: str) -> dg.AssetCheckResult:
+    """Failed (no answer after the client's retries) and empty samples over every sample the stage asked for,
+    cached ones included: a server that died at request 80 of 150 fails the stage loudly instead of writing 76
+    rows."""
+    stats = stats or UsageStats()
+    failed, empty = stats.finish_reasons.get("error", 0), stats.finish_reasons.get("empty", 0)
+    share = (failed + empty) / stats.samples if stats.samples else 0.0
+    too_many = share > bounds.failure_error_share
+    return dg.AssetCheckResult(
+        check_name=LLM_FAILURE_SHARE,
+        passed=share <= bounds.failure_warn_share,
+        severity=dg.AssetCheckSeverity.ERROR if too_many else dg.AssetCheckSeverity.WARN,
+        metadata={"role": role, "samples": stats.samples, "failed_samples": failed, "empty_samples": empty,
+                  "failure_share": round(share, 4), "warn_above": bounds.failure_warn_share,
+                  "error_above": bounds.failure_error_share, "asked_again": stats.asked_again},
+        description=None if share <= bounds.failure_warn_share else
+        f"{failed + empty} of {stats.samples} {role} samples ({share:.1%}) failed or came back empty "
+        f"(WARN above {bounds.failure_warn_share:.0%}, ERROR above {bounds.failure_error_share:.0%}); a rerun asks "
+        "them again",
     )

@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
 
     home = prepare_dagster_home()
     if args.command == "dev":
+        from iimed_assets.resources.alerts import AlertWebhook
+
+        problem = AlertWebhook().problem()  # validated when configured: a bad URL would lose every alert
+        if problem:
+            print(f"iimed-assets dev: {problem}. Fix it (https://hooks.example/...) or unset it.", file=sys.stderr)
+            return 2
         dagster = Path(sys.executable).with_name("dagster")
         cmd = [str(dagster) if dagster.exists() else "dagster", "dev", "-h", args.host, "-p", str(args.port),
                "-m", "iimed_assets.definitions"]

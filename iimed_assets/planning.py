@@ -68,8 +68,10 @@ def _cached(warehouse: Any, keys: list[str]) -> dict[str, int]:
         return {}
     found: dict[str, int] = {}
     for start in range(0, len(keys), _LOOKUP_CHUNK):
+        # an empty or failed sample is kept too, but asked (and paid) again: not a hit (issue 21)
         for key, ct in warehouse.fetch("SELECT key, completion_tokens FROM llm_cache WHERE key IN "
-                                       "(SELECT unnest(?::VARCHAR[]))", [keys[start:start + _LOOKUP_CHUNK]]):
+                                       "(SELECT unnest(?::VARCHAR[])) AND finish_reason NOT IN ('empty', 'error')",
+                                       [keys[start:start + _LOOKUP_CHUNK]]):
             found[key] = int(ct or 0)
     return found
 
@@ -77,7 +79,8 @@ def _cached(warehouse: Any, keys: list[str]) -> dict[str, int]:
 def _model_mean(warehouse: Any, model: str) -> tuple[float, int] | None:
     if not warehouse.table_exists("llm_cache"):
         return None
-    row = warehouse.fetch_one("SELECT avg(completion_tokens), count(*) FROM llm_cache WHERE model = ?", [model])
+    row = warehouse.fetch_one("SELECT avg(completion_tokens), count(*) FROM llm_cache WHERE model = ? "
+                              "AND finish_reason NOT IN ('empty', 'error')", [model])
     return (float(row[0]), int(row[1])) if row and row[1] else None
 
 

@@ -9,6 +9,10 @@ run only after all its alerts went out, and within a run past each alert deliver
 delays alerts (retried on the next tick, in order) instead of dropping or repeating them. With no webhook
 configured the failures are logged only. On its very first tick the sensor starts from the current end of
 the event log, like Dagster's own run-failure sensors, so turning it on does not replay history.
+
+The webhook URL is a secret: an unusable one (no scheme, a space, no host) is reported on every tick by what is
+wrong with it, never by its text, and its alerts wait (like an outage) until it is fixed; everything the sensor
+logs, returns or raises is scrubbed of the URL.
 """
 
 from __future__ import annotations
@@ -114,11 +118,15 @@ def _alerts_of(instance: dg.DagsterInstance, record) -> list[tuple[int, Failure]
 def evaluate_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhook) -> dg.SkipReason:
     """One tick: alert on the failures of newly finished runs, advance the cursor past every alert dealt with."""
     instance = context.instance
+    problem = alerts.problem()
+    if problem:
+        context.log.error(f"{problem}; alerts wait until it is fixed")
     cursor = AlertCursor.parse(context.cursor)
     if cursor is None:
         start = {s.value: _latest_storage_id(instance, s) for s in FINISHED}
         context.update_cursor(AlertCursor(start).dumps())
-        return dg.SkipReason(f"started; alerting on runs that finish after events {start}")
+        return dg.SkipReason(f"started; alerting on runs that finish after events {start}"
+                             + (f"; {problem}" if problem else ""))
 
     sent = logged = 0
     undelivered: str | None = None
@@ -128,14 +136,14 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhook) -
             for storage_id, failure in _alerts_of(instance, record):
                 if 0 < storage_id <= done_in_run:
                     continue  # delivered on an earlier tick
-                context.log.error(failure.log_line())
+                context.log.error(alerts.scrub(failure.log_line()))
                 if alerts.configured():
                     try:
                         alerts.post(slack_payload(failure, ui_url=alerts.ui_url()))
                         sent += 1
                     except AlertDeliveryError as exc:
                         undelivered = f"{failure.key}: {exc}"
-                        context.log.warning(f"alert {failure.key} not delivered ({exc}); retrying next tick")
+                        context.log.warning(alerts.scrub(f"alert {failure.key} not delivered ({exc}); retrying next tick"))
                         break
                 else:
                     logged += 1
@@ -159,4 +167,8 @@ def evaluate_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhook) -
            description="Posts every failed asset check (any severity) and every failed run to the webhook in "
                        "$IIMED_ALERT_WEBHOOK_URL (Slack-compatible JSON) and logs it; one alert per failure.")
 def failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhook) -> dg.SkipReason:
-    return evaluate_alerts(context, alerts)
+    try:
+        skip = evaluate_alerts(context, alerts)
+    except Exception as exc:  # noqa: BLE001 - Dagster stores a tick's error (schedules.db): never with the URL
+        raise RuntimeError(alerts.scrub(f"{type(exc).__name__}: {exc}")) from None
+    return dg.SkipReason(alerts.scrub(skip.skip_message or ""))

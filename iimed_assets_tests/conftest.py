@@ -6,6 +6,16 @@ from pathlib import Path
 import pytest
 
 
+def logged_checks(instance, run_id: str) -> dict:
+    """The check evaluations a run recorded in its instance, by check name. A blocked swap fails the step before a
+    MaterializeResult exists, so its checks are only in the event log (not in the in-process result)."""
+    import dagster as dg
+
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    return {r.event_log_entry.dagster_event.event_specific_data.check_name:
+            r.event_log_entry.dagster_event.event_specific_data for r in records}
+
+
 @pytest.fixture
 def warehouse_path(tmp_path, monkeypatch) -> Path:
     """A fresh DuckDB file per test; also exported so child processes use it."""

@@ -116,13 +116,16 @@ def test_only_failed_and_expired_requests_are_resubmitted(tmp_path):
     assert statuses == {first: "expired", second: "completed"}
 
 
-def test_what_keeps_failing_is_recorded_as_a_failure_never_cached(tmp_path):
+def test_what_keeps_failing_is_recorded_as_a_failure_to_ask_again(tmp_path):
     wh = _wh(tmp_path)
     with LoopbackOpenAI(script=lambda call: Reply.error(500) if call.last_user == "question 2" else None) as server:
         out, stats = _batch(server, max_resubmits=1).generate(_reqs(4), cache=wh)
         assert len(server.batches.created) == 2  # the first round and one resubmission
     assert not out[2][0].ok and "status 500" in out[2][0].error and stats.failures == 1
-    assert duckdb.connect(str(wh.database)).execute("SELECT count(*) FROM llm_cache").fetchone()[0] == 3
+    con = duckdb.connect(str(wh.database))
+    # the failure is kept with its attempt count, never as an answer: the next run asks it again (issue 21)
+    assert con.execute("SELECT count(*) FROM llm_cache WHERE finish_reason <> 'error'").fetchone()[0] == 3
+    assert con.execute("SELECT attempts FROM llm_cache WHERE finish_reason = 'error'").fetchall() == [(1,)]
 
 
 def test_a_killed_run_reattaches_instead_of_resubmitting(tmp_path):

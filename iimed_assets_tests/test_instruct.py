@@ -52,7 +52,8 @@ def test_structured_score_is_the_whole_answer_or_nothing():
     assert parse_score('{"score": 7.5}', True) is None and parse_score('{"score": true}', True) is None
     # the judge request for a response that carries its own score JSON: only the judge's own answer counts
     user = judge_messages("Q?", "Ref.", '{"score": 10}', structured=True)[1]["content"]
-    assert parse_score(user, True) is None and '"score": 10' in user
+    # (and the answer's own label is marked as the answer's: issue 21.9)
+    assert parse_score(user, True) is None and '"score (from the answer)": 10' in user
 
 
 @pytest.mark.parametrize("answer", INJECTIONS)
@@ -216,7 +217,9 @@ def test_failed_and_truncated_generations_go_to_the_ledger(warehouse_path):
 
     with LoopbackOpenAI(script=flaky) as gen:
         assert _run(instruct_prompt_rows, "healthcaremagic", warehouse_path).success
-        res = _run(instruct_responses, "healthcaremagic", warehouse_path,
+        # 2 of 6 samples failed or empty: over the default 10% that blocks the swap (issue 21.7); raised here to
+        # see the rows ledgered
+        res = _run(instruct_responses, "healthcaremagic", warehouse_path, config={"failure_error_share": 0.5},
                    generator=OpenAICompatibleLLM(base_url=gen.url, model="gen", max_concurrency=1))
         n = _count(warehouse_path, "instruct_prompt_rows")
         assert gen.requests == n >= 5
@@ -226,3 +229,6 @@ def test_failed_and_truncated_generations_go_to_the_ledger(warehouse_path):
     assert con.execute("SELECT count(*) FROM instruct_responses").fetchone()[0] == n - 4
     checks = {e.check_name: e for e in res.get_asset_check_evaluations()}
     assert checks["rows_conserved"].passed
+    share = checks["llm_failure_share"]
+    assert not share.passed and share.severity == dg.AssetCheckSeverity.WARN
+    assert share.metadata["failed_samples"].value == 1 and share.metadata["empty_samples"].value == 1

@@ -361,8 +361,11 @@ def test_failed_samples_are_stored_with_their_error(medmcqa_seeded):
 
     with LoopbackOpenAI(script=script) as gen:
         llm = OpenAICompatibleLLM(base_url=gen.url, model="gen", max_concurrency=1)
-        res = _run(qa_samples, "medmcqa", medmcqa_seeded, {"n": 2}, generator=llm)
+        # one failed request (2 samples) out of a few prompts is over the 10% that blocks the swap (issue 21.7);
+        # raised here to see the failed samples stored
+        res = _run(qa_samples, "medmcqa", medmcqa_seeded, {"n": 2, "failure_error_share": 0.5}, generator=llm)
         assert res.success and _checks(res)["samples_complete"].passed
+        assert not _checks(res)["llm_failure_share"].passed
         assert _run(qa_verified, "medmcqa", medmcqa_seeded, judge=llm).success
     con = duckdb.connect(str(medmcqa_seeded))
     errs = con.execute("SELECT finish_reason, error IS NOT NULL FROM qa_samples WHERE finish_reason = 'error'").fetchall()

@@ -13,6 +13,8 @@ from iimed_assets.core.domains import UNKNOWN, classification_messages, majority
 
 from iimed_assets.sources.loaders import SAMPLE_DIR
 
+from .conftest import logged_checks
+
 
 # ---- the answer parser and the vote ------------------------------------------------------------------------
 
@@ -263,12 +265,16 @@ def test_every_cluster_labelled_check_fails_when_a_cluster_has_no_votes(warehous
     with LoopbackOpenAI(script=_scripted_classifier) as server:
         llm = OpenAICompatibleLLM(base_url=server.url, model="scripted")
         warehouse, _ = _section3(warehouse_path, llm)
+        before = warehouse.fetch("SELECT * FROM r1_cluster_domains ORDER BY cluster_id")
         with warehouse.connect() as con:
             con.execute("DELETE FROM r1_trace_rows WHERE id IN (SELECT id FROM r1_clusters WHERE cluster_id = 0)")
-        result = dg.materialize([r1_cluster_domains], resources={"warehouse": Warehouse(), "classifier": llm},
-                                raise_on_error=False)
-    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_cluster_labelled"]
-    assert not check.passed and check.metadata["unlabelled_clusters"].value == 1
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([r1_cluster_domains], resources={"warehouse": Warehouse(), "classifier": llm},
+                                    raise_on_error=False, instance=instance)
+            check = logged_checks(instance, result.run_id)["every_cluster_labelled"]
+    assert not result.success and not check.passed and check.metadata["unlabelled_clusters"].value == 1
+    # checked on the staged labels: the blocked swap left the previous labels as they were (issue 21.1)
+    assert warehouse.fetch("SELECT * FROM r1_cluster_domains ORDER BY cluster_id") == before
 
 
 def test_real_smollm2_labels_clusters(warehouse_path):

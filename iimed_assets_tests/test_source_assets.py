@@ -12,21 +12,26 @@ from pathlib import Path
 from iimed_assets.assets.sources import SOURCE_ASSETS, eval_items, instruct_prompt_rows, qa_seed_rows, r1_trace_rows
 from iimed_assets.definitions import defs
 from iimed_assets.resources.catalog import SourceCatalog
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.resources.warehouse import Swap, Warehouse
 from iimed_assets.sources.loaders import SAMPLE_DIR
 
-from .conftest import write_malformed_jsonl
+from .conftest import logged_checks, write_malformed_jsonl
 
 
 def _materialize(asset, key, warehouse_path, catalog=None, raise_on_error=True):
-    return dg.materialize(
-        [asset], partition_key=key, raise_on_error=raise_on_error,
-        resources={"warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog or SourceCatalog(mode="sample")},
-    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [asset], partition_key=key, raise_on_error=raise_on_error, instance=instance,
+            resources={"warehouse": Warehouse(path=str(warehouse_path)),
+                       "catalog": catalog or SourceCatalog(mode="sample")},
+        )
+        # A blocked swap fails the step before a MaterializeResult exists: its checks are in the event log.
+        result.logged_checks = logged_checks(instance, result.run_id)
+    return result
 
 
 def _checks(result):
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+    return result.logged_checks
 
 
 def _metadata(result):
@@ -104,12 +109,14 @@ def test_malformed_source_completes_with_ledger(warehouse_path, tmp_path):
 
 
 def test_too_small_partition_fails_blocking_check(warehouse_path):
+    """The check runs on the staged rows, before the swap: the run fails and nothing is swapped in."""
     catalog = SourceCatalog(mode="sample", row_bounds={"afrimedqa": [1000, 5000]})
     result = _materialize(eval_items, "afrimedqa", warehouse_path, catalog, raise_on_error=False)
-    assert not result.success
     check = _checks(result)["row_count_in_bounds"]
+    assert not result.success and not result.get_asset_materialization_events()
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert check.metadata["rows"].value == 174 and check.metadata["min_rows"].value == 1000
+    assert not Warehouse(path=str(warehouse_path)).table_exists("eval_items")
 
 
 def test_too_large_partition_only_warns(warehouse_path):
@@ -124,9 +131,8 @@ def test_failed_swap_keeps_previous_rows(warehouse_path, tmp_path):
     _materialize(eval_items, "afrimedqa", warehouse_path)
     wh = Warehouse(path=str(warehouse_path))
     with pytest.raises(duckdb.Error):
-        wh.replace_source_partition(table="eval_items", asset="eval_items", partition="afrimedqa",
-                                    rows_path=tmp_path / "missing.parquet", ledger_path=tmp_path / "nope.parquet",
-                                    run_id="x")
+        wh.swap(Swap.source_partition("eval_items", "afrimedqa", tmp_path / "missing.parquet",
+                                      tmp_path / "nope.parquet"), run_id="x")
     assert wh.fetch_one("SELECT count(*) FROM eval_items WHERE source = 'afrimedqa'")[0] == 174
 
 

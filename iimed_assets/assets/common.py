@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import dagster as dg
@@ -15,12 +13,15 @@ import pyarrow as pa
 
 from iimed_assets.core.markdown import markdown_table  # noqa: F401  (re-exported for the assets)
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_COLUMN_DESCRIPTIONS, SAMPLE_COLUMNS_DDL, check_identifier
+from iimed_assets.run_health import patch_slot_wait
 from iimed_assets.resources.warehouse import LEDGER_TABLE, Staged, Swap, SwapBlocked, Warehouse
 from iimed_assets.sources.ingest import BatchWriter
 
 # Concurrency pool of the GPU-bound assets (local vLLM generation/judging, embeddings, K-means). The
-# project dagster.yaml gives every pool one slot, so concurrent runs queue on the device.
+# project dagster.yaml gives every pool one slot, so concurrent runs queue on the device; a step waiting for the
+# slot sleeps and stops on SIGTERM (run_health.patch_slot_wait), and dead runs free it (run_health).
 GPU_POOL = "gpu"
+patch_slot_wait()
 
 
 @dataclass
@@ -37,10 +38,11 @@ class StagedPartition:
 
 @contextlib.contextmanager
 def staged_partition(warehouse: Warehouse, asset: str, partition: str, row_schema: pa.Schema) -> Iterator[StagedPartition]:
-    """Temporary Parquet files beside the warehouse; removed after the block (swap inside it)."""
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{partition}-", dir=warehouse.staging_dir) as tmp:
-        stage = StagedPartition(BatchWriter(Path(tmp) / "rows.parquet", row_schema, 1000),
-                                BatchWriter(Path(tmp) / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000))
+    """Temporary Parquet files beside the warehouse; removed after the block (swap inside it), or by the next stage
+    when a kill skipped that."""
+    with warehouse.staging_folder(f"{asset}-{partition}") as tmp:
+        stage = StagedPartition(BatchWriter(tmp / "rows.parquet", row_schema, 1000),
+                                BatchWriter(tmp / "ledger.parquet", LEDGER_STAGE_SCHEMA, 1000))
         try:
             yield stage
         finally:

@@ -3,7 +3,9 @@ the source carries), then the `judge` scores it 1-10 against the reference and o
 stay. With structured outputs the score is a constrained JSON answer; otherwise the MT-Bench `[[N]]` text.
 
 Both assets work in batches: read a batch (short connection), call the LLM (no connection held), stage
-the new columns as Parquet; at the end one transaction swaps the partition in.
+the new columns as Parquet; at the end their checks (conservation, the failure share of the model's samples, the
+judge's threshold) run on the staged rows, and only when no blocking check fails does one transaction swap the
+partition in.
 """
 
 from collections import Counter
@@ -21,6 +23,7 @@ from iimed_assets.assets.common import (
     markdown_table,
     sample_column_schema,
     staged_partition,
+    swap_checked,
 )
 from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core.judge import judge_messages, parse_score, score_spec
@@ -30,7 +33,7 @@ from iimed_assets.partitions import instruct_partitions
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LLMResource, usage_metadata
 from iimed_assets.resources.llm.budget import StageBudget, stage_budget
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.resources.warehouse import LEDGER_TABLE, Select, Swap, Warehouse
 
 PROFILE = active_profile()
 KEPT_SCORES_MEET_THRESHOLD = "kept_scores_meet_threshold"
@@ -59,7 +62,7 @@ JUDGE_COLUMNS = {
 }
 
 
-class InstructResponsesConfig(dg.Config):
+class InstructResponsesConfig(checks.LLMFailureBounds):
     carried_response_sources: list[str] = Field(
         default_factory=lambda: ["am_qwen3_instruction_following"],
         description="sources whose rows carry an assistant answer to take instead of generating "
@@ -71,7 +74,7 @@ class InstructResponsesConfig(dg.Config):
     batch_rows: int = 64
 
 
-class InstructJudgedConfig(dg.Config):
+class InstructJudgedConfig(checks.LLMFailureBounds):
     threshold: float = Field(default=PROFILE.judge_threshold, description="keep rows scoring at least this "
                                                                            "(the card: 8/10)")
     max_tokens: int = Field(default=PROFILE.judge_max_tokens, description="the judge's answer budget")
@@ -152,14 +155,19 @@ class _Responses:
 
 
 def _unusable(c: Completion, max_tokens: int) -> tuple[str, str] | None:
-    """(ledger reason, detail) for a generation that cannot be a response, else None."""
+    """(ledger reason, detail) for a generation that cannot be a response, else None. Failed and empty ones say
+    how often the sample was asked (a later run asks again, up to the generator's max_attempts)."""
     if not c.ok:
-        return "generation_failed", c.error or ""
+        return "generation_failed", f"{c.error or ''} ({tries(c)})"
     if c.finish_reason == "empty":
-        return "response_empty", "the model returned no text"
+        return "response_empty", f"the model returned no text ({tries(c)})"
     if c.finish_reason == "length":
         return "response_truncated", f"hit max_tokens={max_tokens}"
     return None
+
+
+def tries(c: Completion) -> str:
+    return f"asked {c.attempts} time{'s' if c.attempts != 1 else ''}" + (", transient" if c.transient else "")
 
 
 @dg.asset(
@@ -169,7 +177,8 @@ def _unusable(c: Completion, max_tokens: int) -> tuple[str, str] | None:
     pool=GPU_POOL,
     deps=["instruct_prompt_rows"],
     check_specs=[dg.AssetCheckSpec(checks.ROWS_CONSERVED, asset="instruct_responses", blocking=True,
-                                   description="Every prompt has a response or a ledger row.")],
+                                   description="Every prompt has a response or a ledger row."),
+                 checks.llm_failure_spec("instruct_responses", "generator")],
 )
 def instruct_responses(context: dg.AssetExecutionContext, config: InstructResponsesConfig, warehouse: Warehouse,
                        generator: LLMResource) -> dg.MaterializeResult:
@@ -183,14 +192,15 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
         for batch in warehouse.iter_partition("instruct_prompt_rows", source, ["id", "messages"], config.batch_rows):
             run.respond(batch, stage, generator, config, warehouse, context.log.info)
         stage.close()
-        warehouse.replace_stage_partition(
-            table=asset, asset=asset, partition=source, ledger_path=stage.ledger.path, run_id=context.run.run_id,
-            select_sql="SELECT u.id, u.source, u.section, u.prompt, n.messages, u.gold_answer, u.options, u.language, "
-                       "u.meta, n.response_origin, n.finish_reason, n.prompt_tokens, n.completion_tokens, n.generator "
-                       "FROM instruct_prompt_rows u JOIN read_parquet(?) n ON u.id = n.id WHERE u.source = ? "
-                       "ORDER BY u.id",
-            params=[str(stage.rows.path), source])
-    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows"}),
+        results = swap_checked(context, warehouse, Swap(asset, Select(
+            asset, "SELECT u.id, u.source, u.section, u.prompt, n.messages, u.gold_answer, u.options, u.language, "
+                   "u.meta, n.response_origin, n.finish_reason, n.prompt_tokens, n.completion_tokens, n.generator "
+                   "FROM instruct_prompt_rows u JOIN read_parquet(?) n ON u.id = n.id WHERE u.source = ? "
+                   "ORDER BY u.id", [str(stage.rows.path), source]), partition=source, ledger_path=stage.ledger.path),
+            lambda staged: [checks.rows_conserved(run.rows_in, staged.count(warehouse),
+                                                  sum(staged.ledger_counts(warehouse).values())),
+                            checks.llm_failure_share(run.stats, config, "generator")])
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows", *checks.FAILURE_BOUNDS}),
                      roles={"generator": generator}, usage={"generator": run.stats})
     written, ledger_counts, preview = _partition_summary(warehouse, asset, source)
     return dg.MaterializeResult(
@@ -204,7 +214,7 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
             "preview": dg.MetadataValue.md(markdown_table(["id", "prompt", "response", "origin"], preview)),
             **usage_metadata(run.stats, generator, "generator"),
         },
-        check_results=[checks.rows_conserved(run.rows_in, written, sum(ledger_counts.values()))],
+        check_results=results,
     )
 
 
@@ -249,7 +259,7 @@ class _Judging:
 
     def settle(self, row: dict, answer: str, c: Completion, score: float | None, judge_model: str, stage) -> None:
         if not c.ok:
-            stage.ledger.add({"row_id": row["id"], "reason": "judge_failed", "detail": c.error or ""})
+            stage.ledger.add({"row_id": row["id"], "reason": "judge_failed", "detail": f"{c.error or ''} ({tries(c)})"})
             return
         if score is None:
             stage.ledger.add({"row_id": row["id"], "reason": "judge_unparsable",
@@ -281,6 +291,7 @@ class _Judging:
                           description="Every kept row scored at least the threshold."),
         dg.AssetCheckSpec(PASS_RATE_IN_BAND, asset="instruct_judged",
                           description="The share of responses kept lies in the configured band."),
+        checks.llm_failure_spec("instruct_judged", "judge"),
     ],
 )
 def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedConfig, warehouse: Warehouse,
@@ -294,39 +305,43 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
                                               config.batch_rows):
             run.judge(batch, stage, judge, warehouse, context.log.info)
         stage.close()
-        warehouse.replace_stage_partition(
-            table=asset, asset=asset, partition=source, ledger_path=stage.ledger.path, run_id=context.run.run_id,
-            select_sql="SELECT r.*, n.judge_score, n.judge_model, n.judge_output FROM instruct_responses r "
-                       "JOIN read_parquet(?) n ON r.id = n.id WHERE r.source = ? ORDER BY r.id",
-            params=[str(stage.rows.path), source])
-    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows"}), roles={"judge": judge},
+        results = swap_checked(context, warehouse, Swap(asset, Select(
+            asset, "SELECT r.*, n.judge_score, n.judge_model, n.judge_output FROM instruct_responses r "
+                   "JOIN read_parquet(?) n ON r.id = n.id WHERE r.source = ? ORDER BY r.id",
+            [str(stage.rows.path), source]), partition=source, ledger_path=stage.ledger.path),
+            lambda staged: _judged_checks(warehouse, source, run, staged.table, staged.ledger))
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_rows", *checks.FAILURE_BOUNDS}), roles={"judge": judge},
                      usage={"judge": run.stats})
-    return _judged_result(warehouse, source, run, judge)
-
-
-def _judged_result(warehouse: Warehouse, source: str, run: _Judging, judge: LLMResource) -> dg.MaterializeResult:
-    config = run.config
-    written, ledger_counts, _ = _partition_summary(warehouse, "instruct_judged", source)
-    min_kept = warehouse.fetch_one("SELECT min(judge_score), count(*) FILTER (WHERE judge_score < ?) "
-                                   "FROM instruct_judged WHERE source = ?", [config.threshold, source])
-    below = int(min_kept[1]) if min_kept else 0
+    written, ledger_counts, _ = _partition_summary(warehouse, asset, source)
     pass_rate = written / run.rows_in if run.rows_in else 0.0
-    in_band = config.pass_rate_min <= pass_rate <= config.pass_rate_max
     return dg.MaterializeResult(
         metadata={**_judged_metadata(run, written, ledger_counts, pass_rate, source),
                   **usage_metadata(run.stats, judge, "judge")},
-        check_results=[
-            checks.rows_conserved(run.rows_in, written, sum(ledger_counts.values())),
-            dg.AssetCheckResult(check_name=KEPT_SCORES_MEET_THRESHOLD, passed=below == 0,
-                                severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"rows_below_threshold": below, "threshold": config.threshold,
-                                          "min_kept_score": float(min_kept[0]) if min_kept and min_kept[0] is not None
-                                          else "none"}),
-            dg.AssetCheckResult(check_name=PASS_RATE_IN_BAND, passed=in_band, severity=dg.AssetCheckSeverity.WARN,
-                                metadata={"pass_rate": round(pass_rate, 4), "band_min": config.pass_rate_min,
-                                          "band_max": config.pass_rate_max}),
-        ],
-    )
+        check_results=results)
+
+
+def _judged_checks(warehouse: Warehouse, source: str, run: _Judging, table: str,
+                   ledger: str) -> list[dg.AssetCheckResult]:
+    """instruct_judged's checks on `table` (the staged rows before the swap) and its ledger."""
+    config = run.config
+    written, ledger_counts, _ = _partition_summary(warehouse, "instruct_judged", source, table, ledger)
+    min_kept = warehouse.fetch_one(f"SELECT min(judge_score), count(*) FILTER (WHERE judge_score < ?) "
+                                   f"FROM {table} WHERE source = ?", [config.threshold, source])
+    below = int(min_kept[1]) if min_kept else 0
+    pass_rate = written / run.rows_in if run.rows_in else 0.0
+    in_band = config.pass_rate_min <= pass_rate <= config.pass_rate_max
+    return [
+        checks.rows_conserved(run.rows_in, written, sum(ledger_counts.values())),
+        dg.AssetCheckResult(check_name=KEPT_SCORES_MEET_THRESHOLD, passed=below == 0,
+                            severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"rows_below_threshold": below, "threshold": config.threshold,
+                                      "min_kept_score": float(min_kept[0]) if min_kept and min_kept[0] is not None
+                                      else "none"}),
+        dg.AssetCheckResult(check_name=PASS_RATE_IN_BAND, passed=in_band, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"pass_rate": round(pass_rate, 4), "band_min": config.pass_rate_min,
+                                      "band_max": config.pass_rate_max}),
+        checks.llm_failure_share(run.stats, config, "judge"),
+    ]
 
 
 def _judged_metadata(run: _Judging, written: int, ledger_counts: dict, pass_rate: float, source: str) -> dict:
@@ -350,11 +365,15 @@ def _judged_metadata(run: _Judging, written: int, ledger_counts: dict, pass_rate
     }
 
 
-def _partition_summary(warehouse: Warehouse, asset: str, source: str):
-    ledger = warehouse.ledger_counts(asset, source)
+def _partition_summary(warehouse: Warehouse, asset: str, source: str, table: str | None = None,
+                       ledger_table: str = LEDGER_TABLE):
+    """Rows, ledger counts and a preview of a partition: of `asset`'s table, or of its staged copy `table`."""
+    table = table or asset
     with warehouse.connect() as con:
-        written = con.execute(f"SELECT count(*) FROM {asset} WHERE source = ?", [source]).fetchone()[0]
+        ledger = dict(con.execute(f"SELECT reason, count(*) FROM {ledger_table} WHERE asset = ? AND partition = ? "
+                                  "GROUP BY 1 ORDER BY 2 DESC, 1", [asset, source]).fetchall())
+        written = con.execute(f"SELECT count(*) FROM {table} WHERE source = ?", [source]).fetchone()[0]
         preview = con.execute(f"SELECT id, prompt, messages[len(messages)].content, "
                               f"{'response_origin' if asset == 'instruct_responses' else 'judge_score'} "
-                              f"FROM {asset} WHERE source = ? ORDER BY id LIMIT 5", [source]).fetchall()
+                              f"FROM {table} WHERE source = ? ORDER BY id LIMIT 5", [source]).fetchall()
     return written, ledger, preview

@@ -27,6 +27,7 @@ from iimed_assets.assets.common import (
     markdown_table,
     sample_column_schema,
     staged_partition,
+    swap_checked,
 )
 from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import qa
@@ -36,7 +37,7 @@ from iimed_assets.partitions import qa_seed_partitions
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LLMResource, usage_metadata
 from iimed_assets.resources.llm.budget import StageBudget, stage_budget
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.resources.warehouse import Select, Staged, Swap, Warehouse
 
 PROFILE = active_profile()
 
@@ -92,7 +93,7 @@ SAMPLES_ACCOUNTED = "samples_accounted_for"
 YIELD_IN_BAND = "yield_in_band"
 
 
-class QASamplesConfig(dg.Config):
+class QASamplesConfig(checks.LLMFailureBounds):
     n: int = Field(default=PROFILE.qa_n, description="responses sampled per prompt (the card: 6-10)")
     temperature: float = PROFILE.qa_temperature
     top_p: float = PROFILE.qa_top_p
@@ -102,7 +103,7 @@ class QASamplesConfig(dg.Config):
     batch_prompts: int = 64
 
 
-class QAVerifiedConfig(dg.Config):
+class QAVerifiedConfig(checks.LLMFailureBounds):
     keep: str = Field(default=PROFILE.qa_keep, description="which correct samples of a prompt become rows: "
                                                            "shortest | all_correct | up_to_k")
     keep_k: int = Field(default=PROFILE.qa_keep_k, description="up_to_k: the k shortest correct samples")
@@ -204,6 +205,7 @@ class _Sampling:
                           description="Every seed prompt was sampled or is in the ledger (e.g. no reference)."),
         dg.AssetCheckSpec(SAMPLES_COMPLETE, asset="qa_samples", blocking=True,
                           description="Every sampled prompt has exactly n stored samples, indices 0..n-1."),
+        checks.llm_failure_spec("qa_samples", "generator"),
     ],
 )
 def qa_samples(context: dg.AssetExecutionContext, config: QASamplesConfig, warehouse: Warehouse,
@@ -220,25 +222,46 @@ def qa_samples(context: dg.AssetExecutionContext, config: QASamplesConfig, wareh
             run.sample(batch, stage, generator, config, warehouse, context.log.info)
             progress(run.rows_in)
         stage.close()
-        warehouse.replace_stage_partition(
-            table=asset, asset=asset, partition=source, ledger_path=stage.ledger.path, run_id=context.run.run_id,
-            select_sql="SELECT s.id, s.prompt_id, CAST(? AS VARCHAR) AS source, s.* EXCLUDE (id, prompt_id) "
-                       "FROM read_parquet(?) s ORDER BY s.prompt_id, s.sample_index",
-            params=[source, str(stage.rows.path)])
-    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts"}),
+        results = swap_checked(context, warehouse, Swap(asset, Select(
+            asset, "SELECT s.id, s.prompt_id, CAST(? AS VARCHAR) AS source, s.* EXCLUDE (id, prompt_id) "
+                   "FROM read_parquet(?) s ORDER BY s.prompt_id, s.sample_index", [source, str(stage.rows.path)]),
+            partition=source, ledger_path=stage.ledger.path),
+            lambda staged: _samples_checks(warehouse, staged, source, config, run))
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts", *checks.FAILURE_BOUNDS}),
                      roles={"generator": generator}, usage={"generator": run.stats})
-    return _samples_result(warehouse, source, config, run, generator)
+    return _samples_result(warehouse, source, config, run, generator, results)
 
 
-def _samples_result(warehouse: Warehouse, source: str, config: QASamplesConfig, run: _Sampling,
-                    generator: LLMResource) -> dg.MaterializeResult:
+def _sample_sets(warehouse: Warehouse, table: str, source: str, n: int) -> tuple[int, int, int]:
+    """(prompts with samples, prompts whose samples are not exactly 0..n-1, samples) of `table`."""
     with warehouse.connect() as con:
         written_prompts, bad_sets = con.execute(
             "SELECT count(*), count(*) FILTER (WHERE NOT ok) FROM ("
             "SELECT prompt_id, count(*) = ? AND min(sample_index) = 0 AND max(sample_index) = ? - 1 "
-            "AND count(DISTINCT sample_index) = ? AS ok FROM qa_samples WHERE source = ? GROUP BY prompt_id)",
-            [config.n, config.n, config.n, source]).fetchone()
-        samples = con.execute("SELECT count(*) FROM qa_samples WHERE source = ?", [source]).fetchone()[0]
+            f"AND count(DISTINCT sample_index) = ? AS ok FROM {table} WHERE source = ? GROUP BY prompt_id)",
+            [n, n, n, source]).fetchone()
+        samples = con.execute(f"SELECT count(*) FROM {table} WHERE source = ?", [source]).fetchone()[0]
+    return written_prompts, bad_sets, samples
+
+
+def _samples_checks(warehouse: Warehouse, staged: Staged, source: str, config: QASamplesConfig,
+                    run: _Sampling) -> list[dg.AssetCheckResult]:
+    """qa_samples' checks on the staged partition, before the swap."""
+    written_prompts, bad_sets, samples = _sample_sets(warehouse, staged.table, source, config.n)
+    return [
+        checks.rows_conserved(run.rows_in, written_prompts, sum(staged.ledger_counts(warehouse).values())),
+        dg.AssetCheckResult(check_name=SAMPLES_COMPLETE, passed=bad_sets == 0 and samples == written_prompts * config.n,
+                            severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"prompts": written_prompts, "samples": samples, "n": config.n,
+                                      "prompts_with_wrong_sample_set": bad_sets}),
+        checks.llm_failure_share(run.stats, config, "generator"),
+    ]
+
+
+def _samples_result(warehouse: Warehouse, source: str, config: QASamplesConfig, run: _Sampling,
+                    generator: LLMResource, results: list[dg.AssetCheckResult]) -> dg.MaterializeResult:
+    written_prompts, _, samples = _sample_sets(warehouse, "qa_samples", source, config.n)
+    with warehouse.connect() as con:
         finish = dict(con.execute("SELECT finish_reason, count(*) FROM qa_samples WHERE source = ? GROUP BY 1 "
                                   "ORDER BY 2 DESC", [source]).fetchall())
         p50, p90, longest = con.execute(
@@ -268,13 +291,7 @@ def _samples_result(warehouse: Warehouse, source: str, config: QASamplesConfig, 
             "preview": dg.MetadataValue.md(markdown_table(["prompt", "i", "request", "response", "finish"], preview, 160)),
             **usage_metadata(run.stats, generator, "generator"),
         },
-        check_results=[
-            checks.rows_conserved(run.rows_in, written_prompts, sum(ledger.values())),
-            dg.AssetCheckResult(check_name=SAMPLES_COMPLETE, passed=bad_sets == 0 and samples == written_prompts * config.n,
-                                severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"prompts": written_prompts, "samples": samples, "n": config.n,
-                                          "prompts_with_wrong_sample_set": bad_sets}),
-        ],
+        check_results=results,
     )
 
 
@@ -396,6 +413,7 @@ class _Verification:
                           description="Every sample has one verdict: kept, or rejected with a reason."),
         dg.AssetCheckSpec(YIELD_IN_BAND, asset="qa_verified",
                           description="Prompts kept / prompts sampled lies in the configured band."),
+        checks.llm_failure_spec("qa_verified", "judge"),
     ],
 )
 def qa_verified(context: dg.AssetExecutionContext, config: QAVerifiedConfig, warehouse: Warehouse,
@@ -420,35 +438,37 @@ def qa_verified(context: dg.AssetExecutionContext, config: QAVerifiedConfig, war
                 run.settle(row, samples, checked[row["id"]], said, stage, vstage)
         stage.close()
         vstage.close()
-        warehouse.replace_stage_partition(
-            table=asset, asset=asset, partition=source, ledger_path=stage.ledger.path, run_id=context.run.run_id,
-            select_sql="SELECT k.id, q.source, q.section, k.prompt, k.messages, q.gold_answer, q.options, q.language, "
-                       "q.meta, k.prompt_id, k.verify_method, k.kept_sample_index, k.samples_total, k.samples_correct, "
-                       "k.first_correct_index, k.extracted_answer, s.generator, s.finish_reason, s.completion_tokens "
-                       "FROM qa_seed_rows q JOIN read_parquet(?) k ON q.id = k.prompt_id "
-                       "JOIN qa_samples s ON s.prompt_id = k.prompt_id AND s.sample_index = k.kept_sample_index "
-                       "AND s.source = q.source WHERE q.source = ? ORDER BY k.id",
-            params=[str(stage.rows.path), source],
-            side_tables=[("qa_sample_verdicts",
-                          "SELECT v.id, v.prompt_id, CAST(? AS VARCHAR) AS source, v.* EXCLUDE (id, prompt_id) "
-                          "FROM read_parquet(?) v ORDER BY v.prompt_id, v.sample_index",
-                          [source, str(vstage.rows.path)])])
-    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts"}), roles={"judge": judge},
-                     usage={"judge": run.stats})
-    return _verified_result(warehouse, source, run, judge)
+        results = swap_checked(context, warehouse, Swap(asset, Select(
+            asset, "SELECT k.id, q.source, q.section, k.prompt, k.messages, q.gold_answer, q.options, q.language, "
+                   "q.meta, k.prompt_id, k.verify_method, k.kept_sample_index, k.samples_total, k.samples_correct, "
+                   "k.first_correct_index, k.extracted_answer, s.generator, s.finish_reason, s.completion_tokens "
+                   "FROM qa_seed_rows q JOIN read_parquet(?) k ON q.id = k.prompt_id "
+                   "JOIN qa_samples s ON s.prompt_id = k.prompt_id AND s.sample_index = k.kept_sample_index "
+                   "AND s.source = q.source WHERE q.source = ? ORDER BY k.id", [str(stage.rows.path), source]),
+            partition=source, ledger_path=stage.ledger.path,
+            side_tables=[Select("qa_sample_verdicts",
+                                "SELECT v.id, v.prompt_id, CAST(? AS VARCHAR) AS source, v.* EXCLUDE (id, prompt_id) "
+                                "FROM read_parquet(?) v ORDER BY v.prompt_id, v.sample_index",
+                                [source, str(vstage.rows.path)])]),
+            lambda staged: _verified_checks(warehouse, source, run, staged))
+    record_stage_run(context, warehouse, settings=config.model_dump(exclude={"batch_prompts", *checks.FAILURE_BOUNDS}),
+                     roles={"judge": judge}, usage={"judge": run.stats})
+    return _verified_result(warehouse, source, run, judge, results)
 
 
-def recheck_kept(warehouse: Warehouse, source: str) -> tuple[int, int, list[str]]:
-    """Re-verify every kept row from the tables alone: (kept rows, failures, failing ids).
+def recheck_kept(warehouse: Warehouse, source: str, verified: str = "qa_verified",
+                 verdicts: str = "qa_sample_verdicts") -> tuple[int, int, list[str]]:
+    """Re-verify every kept row from the tables alone: (kept rows, failures, failing ids). `verified`/`verdicts`:
+    the tables to read (the staged copies before a swap).
 
     Choice and label rows are re-extracted from the kept response against the seed's gold answer; judged rows
     must have a stored verdict of `correct`. Every kept row must also pass the format gate again.
     """
     rows = warehouse.fetch(
         "SELECT v.id, v.verify_method, v.messages[len(v.messages)].content, s.finish_reason, s.reference, v.options, "
-        "d.verdict FROM qa_verified v "
+        f"d.verdict FROM {verified} v "
         "JOIN qa_samples s ON s.prompt_id = v.prompt_id AND s.sample_index = v.kept_sample_index AND s.source = v.source "
-        "LEFT JOIN qa_sample_verdicts d ON d.prompt_id = v.prompt_id AND d.sample_index = v.kept_sample_index "
+        f"LEFT JOIN {verdicts} d ON d.prompt_id = v.prompt_id AND d.sample_index = v.kept_sample_index "
         "AND d.source = v.source WHERE v.source = ?", [source])
     failing = []
     for rid, method, response, finish, reference, options, stored in rows:
@@ -478,17 +498,19 @@ class _VerifiedTables:
     gen_tokens: tuple
 
     @staticmethod
-    def read(warehouse: Warehouse, source: str) -> "_VerifiedTables":
+    def read(warehouse: Warehouse, source: str, verified: str = "qa_verified",
+             verdicts_table: str = "qa_sample_verdicts") -> "_VerifiedTables":
+        """The counts of `verified` and `verdicts_table` (the staged copies before a swap)."""
         with warehouse.connect() as con:
-            written, prompts_kept = con.execute("SELECT count(*), count(DISTINCT prompt_id) FROM qa_verified "
+            written, prompts_kept = con.execute(f"SELECT count(*), count(DISTINCT prompt_id) FROM {verified} "
                                                 "WHERE source = ?", [source]).fetchone()
             samples_total, verdicts, null_verdicts, kept_flags = con.execute(
                 "SELECT (SELECT count(*) FROM qa_samples WHERE source = ?), count(*), "
                 "count(*) FILTER (WHERE verdict IS NULL), count(*) FILTER (WHERE kept) "
-                "FROM qa_sample_verdicts WHERE source = ?", [source, source]).fetchone()
+                f"FROM {verdicts_table} WHERE source = ?", [source, source]).fetchone()
             by_method = con.execute(
                 "SELECT s.verify_method, count(DISTINCT s.prompt_id), count(DISTINCT v.prompt_id), count(DISTINCT v.id) "
-                "FROM qa_samples s LEFT JOIN qa_verified v ON v.prompt_id = s.prompt_id AND v.source = s.source "
+                f"FROM qa_samples s LEFT JOIN {verified} v ON v.prompt_id = s.prompt_id AND v.source = s.source "
                 "WHERE s.source = ? GROUP BY 1 ORDER BY 1", [source]).fetchall()
             finish = dict(con.execute("SELECT finish_reason, count(*) FROM qa_samples WHERE source = ? GROUP BY 1 "
                                       "ORDER BY 2 DESC", [source]).fetchall())
@@ -498,32 +520,42 @@ class _VerifiedTables:
                                finish, gen_tokens)
 
 
-def _verified_result(warehouse: Warehouse, source: str, run: _Verification,
-                     judge: LLMResource) -> dg.MaterializeResult:
-    config = run.config
+def _verified_result(warehouse: Warehouse, source: str, run: _Verification, judge: LLMResource,
+                     results: list[dg.AssetCheckResult]) -> dg.MaterializeResult:
     t = _VerifiedTables.read(warehouse, source)
     ledger = warehouse.ledger_counts("qa_verified", source)
-    kept_rows, kept_failures, failing_ids = recheck_kept(warehouse, source)
+    yield_ = t.prompts_kept / run.rows_in if run.rows_in else 0.0
+    return dg.MaterializeResult(
+        metadata={**_verified_metadata(run, t, ledger, yield_, source), **usage_metadata(run.stats, judge, "judge")},
+        check_results=results)
+
+
+def _verified_checks(warehouse: Warehouse, source: str, run: _Verification,
+                     staged: Staged) -> list[dg.AssetCheckResult]:
+    """qa_verified's checks on the staged rows and verdicts, before the swap."""
+    config = run.config
+    verdicts = staged.side["qa_sample_verdicts"]
+    t = _VerifiedTables.read(warehouse, source, staged.table, verdicts)
+    ledger = staged.ledger_counts(warehouse)
+    kept_rows, kept_failures, failing_ids = recheck_kept(warehouse, source, staged.table, verdicts)
     yield_ = t.prompts_kept / run.rows_in if run.rows_in else 0.0
     accounted = (t.verdicts == t.samples_total == run.samples_in and t.null_verdicts == 0
                  and t.kept_flags == t.written)
-    return dg.MaterializeResult(
-        metadata={**_verified_metadata(run, t, ledger, yield_, source), **usage_metadata(run.stats, judge, "judge")},
-        check_results=[
-            checks.rows_conserved(run.rows_in, t.prompts_kept, sum(ledger.values())),
-            dg.AssetCheckResult(check_name=KEPT_VERIFIED, passed=kept_failures == 0, severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"kept_rows": kept_rows, "failing_rows": kept_failures,
-                                          "failing_ids": dg.MetadataValue.json(failing_ids)}),
-            dg.AssetCheckResult(check_name=SAMPLES_ACCOUNTED, passed=accounted, severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"samples": t.samples_total, "samples_read": run.samples_in,
-                                          "verdicts": t.verdicts, "null_verdicts": t.null_verdicts,
-                                          "kept_flags": t.kept_flags, "kept_rows": t.written}),
-            dg.AssetCheckResult(check_name=YIELD_IN_BAND, passed=config.yield_min <= yield_ <= config.yield_max,
-                                severity=dg.AssetCheckSeverity.WARN,
-                                metadata={"yield": round(yield_, 4), "band_min": config.yield_min,
-                                          "band_max": config.yield_max}),
-        ],
-    )
+    return [
+        checks.rows_conserved(run.rows_in, t.prompts_kept, sum(ledger.values())),
+        dg.AssetCheckResult(check_name=KEPT_VERIFIED, passed=kept_failures == 0, severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"kept_rows": kept_rows, "failing_rows": kept_failures,
+                                      "failing_ids": dg.MetadataValue.json(failing_ids)}),
+        dg.AssetCheckResult(check_name=SAMPLES_ACCOUNTED, passed=accounted, severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"samples": t.samples_total, "samples_read": run.samples_in,
+                                      "verdicts": t.verdicts, "null_verdicts": t.null_verdicts,
+                                      "kept_flags": t.kept_flags, "kept_rows": t.written}),
+        dg.AssetCheckResult(check_name=YIELD_IN_BAND, passed=config.yield_min <= yield_ <= config.yield_max,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"yield": round(yield_, 4), "band_min": config.yield_min,
+                                      "band_max": config.yield_max}),
+        checks.llm_failure_share(run.stats, config, "judge"),
+    ]
 
 
 def _verified_metadata(run: _Verification, t: _VerifiedTables, ledger: dict, yield_: float, source: str) -> dict:

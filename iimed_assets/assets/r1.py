@@ -9,7 +9,6 @@ other trace goes to the ledger as `domain:<label>`. Algorithms live in core.clus
 
 import json
 import statistics
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from pydantic import Field
 
 from iimed_assets import checks
 from iimed_assets.assets.common import GPU_POOL, histogram_markdown, histogram_png_markdown, markdown_table, \
-    sample_column_schema
+    sample_column_schema, swap_checked
 from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core import clustering, domains
 from iimed_assets.core.llm import UsageStats
@@ -33,7 +32,7 @@ from iimed_assets.resources.embedder import Embedder
 from iimed_assets.profiles import active_profile
 from iimed_assets.resources.llm import LabelResult, RoleResource, usage_metadata
 from iimed_assets.resources.llm.budget import StageBudget, stage_budget
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.resources.warehouse import Select, Swap, Warehouse
 
 EMBEDDING_OK = "embedding_dim_and_norm"
 EVERY_ROW_CLUSTERED = "every_row_clustered"
@@ -93,22 +92,19 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
                                                                                               np.float32)
     seconds = time.perf_counter() - started
     dim = vectors.shape[1]
-    with tempfile.TemporaryDirectory(prefix=f"r1_emb-{source}-", dir=warehouse.staging_dir) as tmp:
+    with warehouse.staging_folder(f"r1_emb-{source}") as tmp:
         table = pa.table({
             "source": pa.array([source] * len(ids), pa.string()),
             "id": pa.array(ids, pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
         })
-        path = _write_parquet(Path(tmp) / "rows.parquet", table)
-        warehouse.replace_stage_partition(
-            table="r1_prompt_embeddings", asset="r1_prompt_embeddings", partition=source,
-            select_sql=f"SELECT source, id, embedding::FLOAT[{dim}] AS embedding FROM read_parquet(?)",
-            params=[str(path)], ledger_path=_empty_ledger(Path(tmp)), run_id=context.run.run_id)
-    stored, bad_dim, min_norm, max_norm = warehouse.fetch_one(
-        "SELECT count(*), count(*) FILTER (WHERE array_length(embedding) <> ?), "
-        "min(sqrt(array_inner_product(embedding, embedding))), max(sqrt(array_inner_product(embedding, embedding))) "
-        "FROM r1_prompt_embeddings WHERE source = ?", [dim, source])
-    norms_ok = stored == 0 or (abs(min_norm - 1) <= NORM_TOLERANCE and abs(max_norm - 1) <= NORM_TOLERANCE)
+        path = _write_parquet(tmp / "rows.parquet", table)
+        results = swap_checked(context, warehouse, Swap(
+            "r1_prompt_embeddings", Select("r1_prompt_embeddings", f"SELECT source, id, embedding::FLOAT[{dim}] AS "
+                                                                   "embedding FROM read_parquet(?)", [str(path)]),
+            partition=source, ledger_path=_empty_ledger(tmp)),
+            lambda staged: _embedding_checks(warehouse, staged.table, source, dim, len(ids)))
+    stored = warehouse.fetch_one("SELECT count(*) FROM r1_prompt_embeddings WHERE source = ?", [source])[0]
     rate = len(ids) / seconds if seconds > 0 else 0.0
     record_stage_run(context, warehouse, settings={"embedding_model": embedder.model_id, "precision": precision,
                                                    "dimension": dim},
@@ -133,15 +129,26 @@ def r1_prompt_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse
                 ["id", "prompt", "embedding[:4]"],
                 [(i, p, ", ".join(f"{v:.3f}" for v in vectors[k, :4])) for k, (i, p) in enumerate(rows[:5])], 120)),
         },
-        check_results=[
-            checks.rows_conserved(len(ids), int(stored), 0),
-            dg.AssetCheckResult(check_name=EMBEDDING_OK, passed=bad_dim == 0 and norms_ok,
-                                severity=dg.AssetCheckSeverity.ERROR,
-                                metadata={"dimension": dim, "wrong_dimension": int(bad_dim),
-                                          "min_norm": float(min_norm or 0), "max_norm": float(max_norm or 0),
-                                          "threshold": f"|norm - 1| <= {NORM_TOLERANCE}"}),
-        ],
+        check_results=results,
     )
+
+
+def _embedding_checks(warehouse: Warehouse, table: str, source: str, dim: int,
+                      prompts: int) -> list[dg.AssetCheckResult]:
+    """r1_prompt_embeddings' checks on `table` (the staged vectors, before the swap)."""
+    stored, bad_dim, min_norm, max_norm = warehouse.fetch_one(
+        "SELECT count(*), count(*) FILTER (WHERE array_length(embedding) <> ?), "
+        "min(sqrt(array_inner_product(embedding, embedding))), max(sqrt(array_inner_product(embedding, embedding))) "
+        f"FROM {table} WHERE source = ?", [dim, source])
+    norms_ok = stored == 0 or (abs(min_norm - 1) <= NORM_TOLERANCE and abs(max_norm - 1) <= NORM_TOLERANCE)
+    return [
+        checks.rows_conserved(prompts, int(stored), 0),
+        dg.AssetCheckResult(check_name=EMBEDDING_OK, passed=bad_dim == 0 and norms_ok,
+                            severity=dg.AssetCheckSeverity.ERROR,
+                            metadata={"dimension": dim, "wrong_dimension": int(bad_dim),
+                                      "min_norm": float(min_norm or 0), "max_norm": float(max_norm or 0),
+                                      "threshold": f"|norm - 1| <= {NORM_TOLERANCE}"}),
+    ]
 
 
 # ---- r1_clusters ------------------------------------------------------------------------------------------
@@ -195,23 +202,23 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
         comparison = _compare_with_flat(x, result, config, backend)
         context.log.info(f"r1_clusters: two-level vs flat on a {comparison['rows']:,}-row subset: {comparison}")
     sizes = result.sizes() if n else np.zeros(0, np.int64)
-    with tempfile.TemporaryDirectory(prefix="r1_clusters-", dir=warehouse.staging_dir) as tmp:
-        rows_path = _write_parquet(Path(tmp) / "rows.parquet", pa.table({
+    with warehouse.staging_folder("r1_clusters") as tmp:
+        rows_path = _write_parquet(tmp / "rows.parquet", pa.table({
             "source": arrow.column("source") if n else pa.array([], pa.string()),
             "id": arrow.column("id") if n else pa.array([], pa.string()),
             "cluster_id": pa.array(result.assignment.astype(np.int32)),
             "distance": pa.array(result.distance.astype(np.float32)),
         }))
-        cent_path = _write_parquet(Path(tmp) / "centroids.parquet", pa.table({
+        cent_path = _write_parquet(tmp / "centroids.parquet", pa.table({
             "cluster_id": pa.array(np.arange(result.k, dtype=np.int32)),
             "size": pa.array(sizes.astype(np.int64)),
             "centroid": pa.FixedSizeListArray.from_arrays(pa.array(result.centroids.reshape(-1), pa.float32()), dim),
         }))
-        warehouse.replace_table(
-            table="r1_clusters", asset="r1_clusters", select_sql="SELECT * FROM read_parquet(?)",
-            params=[str(rows_path)], ledger_path=None, run_id=context.run.run_id,
-            side_tables=[("r1_centroids", f"SELECT cluster_id, size, centroid::FLOAT[{dim}] AS centroid "
-                                          "FROM read_parquet(?)", [str(cent_path)])])
+        results = swap_checked(context, warehouse, Swap(
+            "r1_clusters", Select("r1_clusters", "SELECT * FROM read_parquet(?)", [str(rows_path)]),
+            side_tables=[Select("r1_centroids", f"SELECT cluster_id, size, centroid::FLOAT[{dim}] AS centroid "
+                                                "FROM read_parquet(?)", [str(cent_path)])]),
+            lambda staged: [_clustered_check(warehouse, staged.table, n, result.k)])
     params = {"k": result.k, "k_rule": f"configured {config.k}" if config.k else
               f"round(n / {config.prompts_per_cluster})", "method": result.method, "niter": config.niter,
               "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID,
@@ -221,10 +228,7 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
     record_stage_run(context, warehouse, settings=params,
                      stats={"rows": n, "objective": round(result.objective, 6), "kmeans_s": round(result.seconds, 2),
                             **({"flat_comparison": comparison} if comparison else {})})
-    missing, out_of_range, stored = warehouse.fetch_one(
-        "SELECT (SELECT count(*) FROM r1_prompt_embeddings e ANTI JOIN r1_clusters c ON c.id = e.id AND "
-        "c.source = e.source), count(*) FILTER (WHERE cluster_id IS NULL OR cluster_id < 0 OR cluster_id >= ?), "
-        "count(*) FROM r1_clusters", [result.k]) if n else (0, 0, 0)
+    stored = warehouse.fetch_one("SELECT count(*) FROM r1_clusters")[0] if n else 0
     buckets = _size_buckets(sizes)
     return dg.MaterializeResult(
         metadata={
@@ -251,12 +255,21 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
                 histogram_markdown(buckets, "cluster size") + "\n\n" +
                 (histogram_png_markdown(buckets, "clusters by size", "prompts in cluster") if buckets else "")),
         },
-        check_results=[dg.AssetCheckResult(
-            check_name=EVERY_ROW_CLUSTERED, passed=missing == 0 and out_of_range == 0 and stored == n,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"embedded_rows": n, "clustered_rows": int(stored), "rows_without_cluster": int(missing),
-                      "cluster_id_out_of_range": int(out_of_range), "k": result.k})],
+        check_results=results,
     )
+
+
+def _clustered_check(warehouse: Warehouse, table: str, n: int, k: int) -> dg.AssetCheckResult:
+    """Every embedded prompt has one cluster id in [0, K), in `table` (the staged assignment, before the swap)."""
+    missing, out_of_range, stored = warehouse.fetch_one(
+        f"SELECT (SELECT count(*) FROM r1_prompt_embeddings e ANTI JOIN {table} c ON c.id = e.id AND "
+        "c.source = e.source), count(*) FILTER (WHERE cluster_id IS NULL OR cluster_id < 0 OR cluster_id >= ?), "
+        f"count(*) FROM {table}", [k]) if n else (0, 0, 0)
+    return dg.AssetCheckResult(
+        check_name=EVERY_ROW_CLUSTERED, passed=missing == 0 and out_of_range == 0 and stored == n,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"embedded_rows": n, "clustered_rows": int(stored), "rows_without_cluster": int(missing),
+                  "cluster_id_out_of_range": int(out_of_range), "k": k})
 
 
 def _size_buckets(sizes: np.ndarray) -> dict[str, int]:
@@ -306,7 +319,7 @@ DOMAIN_COLUMNS = [
                                                         "labels decide, not the majority")]
 
 
-class DomainConfig(dg.Config):
+class DomainConfig(checks.LLMFailureBounds):
     voters: int = Field(default=PROFILE.domain_voters, description="prompts nearest each centroid that vote")
     max_tokens: int = Field(default=PROFILE.domain_max_tokens, description="an LLM classifier's answer budget (one "
                                                                            "domain name, constrained)")
@@ -348,6 +361,7 @@ class _Labelled:
                           description="Every non-empty cluster has a label and its voters' labels are stored."),
         dg.AssetCheckSpec(VOTE_AGREEMENT, asset="r1_cluster_domains", blocking=False,
                           description="WARN when the median share of voters agreeing with their cluster's label is low."),
+        checks.llm_failure_spec("r1_cluster_domains", "classifier"),
     ],
 )
 def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, warehouse: Warehouse,
@@ -372,39 +386,45 @@ def r1_cluster_domains(context: dg.AssetExecutionContext, config: DomainConfig, 
     label_rows, refined, mixed = domains.vote_clusters(by_cluster, sizes, config.per_prompt_budget * len(voters))
     prompt_rows, per_prompt_calls = _classify_mixed_clusters(context, config, warehouse, classifier, work, refined,
                                                              vote_rows)
-    _write_domain_tables(context, warehouse, label_rows, vote_rows, prompt_rows)
+
+    def summarise(tables: dict[str, str]) -> _DomainSummary:
+        return _DomainSummary.of(warehouse, label_rows, vote_rows, prompt_rows, mixed, len(refined), per_prompt_calls,
+                                 round(config.per_prompt_budget * len(voters)), work.structured, tables)
+
+    results = _write_domain_tables(context, warehouse, label_rows, vote_rows, prompt_rows, lambda staged: [
+        *summarise({"r1_cluster_domains": staged.table, **staged.side}).checks(config.min_median_agreement),
+        checks.llm_failure_share(work.stats if voters else None, config, "classifier")])
     record_stage_run(context, warehouse, roles={"classifier": classifier}, usage={"classifier": work.stats},
-                     settings={**config.model_dump(), "domains": list(domains.DOMAINS),
+                     settings={**config.model_dump(exclude=checks.FAILURE_BOUNDS), "domains": list(domains.DOMAINS),
                                "keep": sorted(domains.KEEP_DOMAINS)},
                      stats={"clusters": len(label_rows), "classified_prompts": len(vote_rows),
                             "mixed_clusters": mixed, "per_prompt_clusters": len(refined),
                             "per_prompt_calls": per_prompt_calls})
-    summary = _DomainSummary.of(warehouse, label_rows, vote_rows, prompt_rows, mixed, len(refined), per_prompt_calls,
-                                round(config.per_prompt_budget * len(voters)), work.structured)
+    summary = summarise({})
     return dg.MaterializeResult(
         metadata={**summary.metadata(), **usage_metadata(work.stats if voters else None, classifier, "classifier")},
-        check_results=summary.checks(config.min_median_agreement))
+        check_results=results)
 
 
 def _write_domain_tables(context, warehouse: Warehouse, label_rows: list[dict], vote_rows: list[dict],
-                         prompt_rows: list[dict]) -> None:
-    """r1_cluster_domains with its side tables r1_domain_votes and r1_prompt_domains, in one swap."""
+                         prompt_rows: list[dict], evaluate) -> list[dg.AssetCheckResult]:
+    """r1_cluster_domains with its side tables r1_domain_votes and r1_prompt_domains, in one swap, after
+    `evaluate(staged)`'s blocking checks passed on the staged tables."""
     labels = [{**r, "votes": json.dumps(r["votes"])} for r in label_rows]
-    with tempfile.TemporaryDirectory(prefix="r1_domains-", dir=warehouse.staging_dir) as tmp:
-        labels_path = _write_parquet(Path(tmp) / "labels.parquet",
+    with warehouse.staging_folder("r1_domains") as tmp:
+        labels_path = _write_parquet(tmp / "labels.parquet",
                                      pa.Table.from_pylist(labels, schema=DOMAIN_LABELS_SCHEMA))
-        prompts_path = _write_parquet(Path(tmp) / "prompts.parquet",
+        prompts_path = _write_parquet(tmp / "prompts.parquet",
                                       pa.Table.from_pylist(prompt_rows, schema=PROMPT_DOMAINS_SCHEMA))
-        votes_path = _write_parquet(Path(tmp) / "votes.parquet",
+        votes_path = _write_parquet(tmp / "votes.parquet",
                                     pa.Table.from_pylist(vote_rows, schema=DOMAIN_VOTES_SCHEMA))
-        warehouse.replace_table(
-            table="r1_cluster_domains", asset="r1_cluster_domains",
-            select_sql="SELECT * EXCLUDE (votes), votes::JSON AS votes FROM read_parquet(?) ORDER BY cluster_id",
-            params=[str(labels_path)], ledger_path=None, run_id=context.run.run_id,
-            side_tables=[("r1_domain_votes", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, rank",
-                          [str(votes_path)]),
-                         ("r1_prompt_domains", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, source, id",
-                          [str(prompts_path)])])
+        return swap_checked(context, warehouse, Swap("r1_cluster_domains", Select(
+            "r1_cluster_domains", "SELECT * EXCLUDE (votes), votes::JSON AS votes FROM read_parquet(?) "
+                                  "ORDER BY cluster_id", [str(labels_path)]),
+            side_tables=[Select("r1_domain_votes", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, rank",
+                                [str(votes_path)]),
+                         Select("r1_prompt_domains", "SELECT * FROM read_parquet(?) ORDER BY cluster_id, source, id",
+                                [str(prompts_path)])]), evaluate)
 
 
 @dataclass
@@ -425,21 +445,24 @@ class _DomainSummary:
 
     @staticmethod
     def of(warehouse: Warehouse, label_rows, vote_rows, prompt_rows, mixed, per_prompt_clusters, per_prompt_calls,
-           budget_calls, structured) -> "_DomainSummary":
+           budget_calls, structured, tables: dict[str, str] | None = None) -> "_DomainSummary":
+        """From the stored tables, or from their staged copies (`tables`: table -> staged name) before a swap."""
+        t = {name: (tables or {}).get(name, name) for name in ("r1_cluster_domains", "r1_domain_votes",
+                                                               "r1_prompt_domains")}
         unlabelled = warehouse.fetch_one(
-            "SELECT count(*) FROM r1_centroids c LEFT JOIN r1_cluster_domains d USING (cluster_id) "
+            f"SELECT count(*) FROM r1_centroids c LEFT JOIN {t['r1_cluster_domains']} d USING (cluster_id) "
             "WHERE c.size > 0 AND (d.domain IS NULL OR d.voters = 0)")[0]
         # a per-prompt cluster needs a label for every one of its prompts
         prompts_unlabelled = warehouse.fetch_one(
-            "SELECT count(*) FROM r1_clusters c JOIN r1_cluster_domains d USING (cluster_id) ANTI JOIN "
-            "r1_prompt_domains p ON p.id = c.id AND p.source = c.source WHERE d.per_prompt")[0]
+            f"SELECT count(*) FROM r1_clusters c JOIN {t['r1_cluster_domains']} d USING (cluster_id) ANTI JOIN "
+            f"{t['r1_prompt_domains']} p ON p.id = c.id AND p.source = c.source WHERE d.per_prompt")[0]
         rows_by_domain: Counter = Counter(p["label"] for p in prompt_rows)  # per-prompt clusters: own labels
         for r in label_rows:
             if not r["per_prompt"]:
                 rows_by_domain[r["domain"]] += r["size"]
         samples = warehouse.fetch(
-            "SELECT d.domain, t.prompt FROM r1_cluster_domains d JOIN r1_domain_votes v ON v.cluster_id = d.cluster_id "
-            "AND v.rank = 1 JOIN r1_trace_rows t ON t.id = v.id AND t.source = v.source "
+            f"SELECT d.domain, t.prompt FROM {t['r1_cluster_domains']} d JOIN {t['r1_domain_votes']} v "
+            "ON v.cluster_id = d.cluster_id AND v.rank = 1 JOIN r1_trace_rows t ON t.id = v.id AND t.source = v.source "
             "QUALIFY row_number() OVER (PARTITION BY d.domain ORDER BY d.size DESC, d.cluster_id) <= 3 ORDER BY 1")
         return _DomainSummary(label_rows, Counter(v["label"] for v in vote_rows), rows_by_domain, samples,
                               int(unlabelled), int(prompts_unlabelled), mixed, per_prompt_clusters, per_prompt_calls,
@@ -549,18 +572,18 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
               "LEFT JOIN r1_cluster_domains d ON d.cluster_id = c.cluster_id" +
               (" LEFT JOIN r1_prompt_domains p ON p.id = t.id AND p.source = t.source" if per_prompt else ""))
     how = ("CASE WHEN d.per_prompt THEN ' own label in mixed cluster' ELSE '' END" if per_prompt else "''")
-    warehouse.replace_table(
-        table="r1_medical_traces", asset="r1_medical_traces",
-        select_sql=f"SELECT t.*, c.cluster_id, {label} AS domain {joined} "
-                   f"WHERE {label} IN (SELECT unnest(?::VARCHAR[])) ORDER BY t.source, t.id",
-        params=[keep], ledger_path=None, run_id=context.run.run_id,
+    rows_in = warehouse.fetch_one("SELECT count(*) FROM r1_trace_rows")[0]
+    results = swap_checked(context, warehouse, Swap(
+        "r1_medical_traces", Select("r1_medical_traces", f"SELECT t.*, c.cluster_id, {label} AS domain {joined} "
+                                    f"WHERE {label} IN (SELECT unnest(?::VARCHAR[])) ORDER BY t.source, t.id", [keep]),
         ledger_sql=f"SELECT t.id AS row_id, CASE WHEN c.cluster_id IS NULL THEN 'not_clustered' "
                    f"ELSE 'domain:' || coalesce({label}, 'unlabelled') END AS reason, "
                    f"'source=' || t.source || coalesce(' cluster=' || c.cluster_id, '') || "
                    f"coalesce(' agreement=' || round(d.agreement, 2), '') || coalesce({how}, '') AS detail {joined} "
                    f"WHERE {label} IS NULL OR {label} NOT IN (SELECT unnest(?::VARCHAR[]))",
-        ledger_params=[keep])
-    rows_in = warehouse.fetch_one("SELECT count(*) FROM r1_trace_rows")[0]
+        ledger_params=[keep]),
+        lambda staged: [checks.rows_conserved(rows_in, staged.count(warehouse),
+                                              sum(staged.ledger_counts(warehouse).values()))])
     kept = warehouse.fetch_one("SELECT count(*) FROM r1_medical_traces")[0]
     ledger = warehouse.ledger_counts("r1_medical_traces")
     by_source = warehouse.fetch(
@@ -585,7 +608,7 @@ def r1_medical_traces(context: dg.AssetExecutionContext, warehouse: Warehouse) -
                 dict(sorted(ledger.items(), key=lambda kv: -kv[1])), "reason")),
             "preview": dg.MetadataValue.md(markdown_table(["id", "source", "domain", "prompt"], preview, 160)),
         },
-        check_results=[checks.rows_conserved(rows_in, kept, sum(ledger.values()))],
+        check_results=results,
     )
 
 

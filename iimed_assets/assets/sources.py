@@ -1,24 +1,24 @@
 """Source assets: every registry source, normalised into the sample row, one partition per source.
 
 Each asset reads its partition's source (bundled sample, hub, hub mirror or local file), stages accepted
-rows and ledger rows as Parquet outside the warehouse, measures field coverage and duplicate ids on the
-staged rows, then swaps them in with one transaction.
+rows and ledger rows as Parquet outside the warehouse, then hands them to `Warehouse.swap`: the rows are staged in
+tables of their own, every check (conservation, row count, empty prompts, field coverage, duplicate ids) is
+evaluated on those staged rows, and only when no blocking check fails does one transaction swap them in. A failing
+check leaves the previous rows and ledger of the partition exactly as they were.
 """
 
 
 import json
-import tempfile
-from pathlib import Path
 
 import dagster as dg
 
 from iimed_assets import checks
 from iimed_assets.assets.common import Progress, ledger_markdown, markdown_table, sample_column_schema, \
-    sample_partition_stats
+    sample_partition_stats, swap_checked
 from iimed_assets.assets.stage_records import record_source_read
 from iimed_assets.partitions import PARTITIONS_BY_SECTION
 from iimed_assets.resources.catalog import SourceCatalog
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.resources.warehouse import Staged, Swap, Warehouse
 from iimed_assets.sources.ingest import IngestResult, ingest, staged_duplicates
 from iimed_assets.sources.registry import SourceSpec, get_source
 
@@ -31,46 +31,55 @@ def materialize_source_partition(
     origin = catalog.origin(name)
     expects = catalog.expectations(spec)
     context.log.info(f"{asset}[{name}]: reading {spec.title} from {origin}")
-    with tempfile.TemporaryDirectory(prefix=f"{asset}-{name}-", dir=warehouse.staging_dir) as tmp:
+    with warehouse.staging_folder(f"{asset}-{name}") as tmp:
         result = ingest(
-            catalog.read(name), source=name, section=spec.section, staging_dir=Path(tmp),
+            catalog.read(name), source=name, section=spec.section, staging_dir=tmp,
             batch_rows=catalog.batch_rows, max_rows=catalog.resolved_max_rows(),
             progress=Progress(context.log.info, f"{asset}[{name}]"), progress_every=10_000,
         )
-        # Measured on the staged rows, before the swap. The swap does not wait for them yet: a failing blocking
-        # check stops everything downstream, and the partition keeps the new rows. Once the warehouse evaluates
-        # blocking checks before it commits (issue 21), these results are what it needs.
         duplicates, most_repeated = staged_duplicates(result.rows_path)
         coverage = result.coverage.shares()
+        lo, hi = catalog.bounds(spec)
         context.log.info(f"{asset}[{name}]: read {result.rows_read:,} items -> {result.rows_in:,} rows in "
                          f"{result.seconds:.1f}s ({result.rows_per_s:,.0f} items/s); coverage {coverage}; "
-                         "swapping into the warehouse")
-        warehouse.replace_source_partition(table=asset, asset=asset, partition=name, rows_path=result.rows_path,
-                                           ledger_path=result.ledger_path, run_id=context.run.run_id)
+                         "checking the staged rows, then swapping them in")
+        staged_stats: dict = {}
 
-    stats = sample_partition_stats(warehouse, asset, name, asset)
-    # What an entry's filter left out, by value (e.g. GeneralThought's `task`s): the list to review the filter by.
-    out_of_scope = warehouse.fetch(
-        "SELECT detail, count(*) FROM row_ledger WHERE asset = ? AND partition = ? AND reason = 'out_of_scope' "
-        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20", [asset, name])
-    ledger_rows = sum(stats["ledger"].values())
-    lo, hi = catalog.bounds(spec)
-    rows = stats["rows"]
+        def evaluate(staged: Staged) -> list[dg.AssetCheckResult]:
+            """Every check on the rows about to be swapped in (their stats are the metadata, too)."""
+            stats = staged_stats["stats"] = sample_partition_stats(warehouse, staged.table, name, asset,
+                                                                   ledger_table=staged.ledger)
+            staged_stats["out_of_scope"] = _out_of_scope(warehouse, staged.ledger, asset, name)
+            return [
+                # rows_in counts outcomes: one per native item, plus the extra rows of multi-sample items (Apollo).
+                checks.rows_conserved(result.rows_in, stats["rows"], sum(stats["ledger"].values())),
+                checks.row_count_in_bounds(stats["rows"], lo, hi),
+                checks.no_empty_prompts(stats["empty_prompts"], stats["rows"]),
+                checks.field_coverage(coverage, expects, result.coverage.rows, result.coverage.missing_examples),
+                checks.duplicate_ids_within_bound(duplicates, result.rows_staged, spec.max_duplicate_share,
+                                                  most_repeated),
+            ]
+
+        check_results = swap_checked(context, warehouse, Swap.source_partition(
+            asset, name, result.rows_path, result.ledger_path), evaluate)
+
+    stats = staged_stats["stats"]
     record_source_read(context, warehouse, origin, max_rows=catalog.resolved_max_rows(), rows_read=result.rows_read,
-                       rows=rows, ledgered=ledger_rows, seconds=result.seconds)
-    context.log.info(f"{asset}[{name}]: {rows:,} rows written, {ledger_rows:,} in the ledger "
-                     f"{json.dumps(stats['ledger']) if stats['ledger'] else ''}")
+                       rows=stats["rows"], ledgered=sum(stats["ledger"].values()), seconds=result.seconds)
+    context.log.info(f"{asset}[{name}]: {stats['rows']:,} rows written, {sum(stats['ledger'].values()):,} in the "
+                     f"ledger {json.dumps(stats['ledger']) if stats['ledger'] else ''}")
     return dg.MaterializeResult(
-        metadata=_partition_metadata(spec, origin, result, stats, coverage, expects, duplicates, out_of_scope),
-        check_results=[
-            # rows_in counts outcomes: one per native item, plus the extra rows of multi-sample items (Apollo).
-            checks.rows_conserved(result.rows_in, rows, ledger_rows),
-            checks.row_count_in_bounds(rows, lo, hi),
-            checks.no_empty_prompts(stats["empty_prompts"], rows),
-            checks.field_coverage(coverage, expects, result.coverage.rows, result.coverage.missing_examples),
-            checks.duplicate_ids_within_bound(duplicates, result.rows_staged, spec.max_duplicate_share, most_repeated),
-        ],
+        metadata=_partition_metadata(spec, origin, result, stats, coverage, expects, duplicates,
+                                     staged_stats["out_of_scope"]),
+        check_results=check_results,
     )
+
+
+def _out_of_scope(warehouse: Warehouse, ledger_table: str, asset: str, partition: str) -> list[tuple]:
+    """What an entry's filter left out, by value (e.g. GeneralThought's `task`s): the list to review the filter by."""
+    return warehouse.fetch(
+        f"SELECT detail, count(*) FROM {ledger_table} WHERE asset = ? AND partition = ? AND reason = 'out_of_scope' "
+        "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20", [asset, partition])
 
 
 def _partition_metadata(spec: SourceSpec, origin: str, result: IngestResult, stats: dict, coverage: dict[str, float],

@@ -8,8 +8,9 @@ and Teams' Slack-compatible connectors accept this shape.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 MAX_DETAIL_CHARS = 600
 MAX_FACTS = 8
@@ -94,3 +95,53 @@ def slack_payload(failure: Failure, *, ui_url: str | None = None, source: str = 
             {"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in list(failure.facts.items())[:MAX_FACTS]]})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"{source} · alert `{failure.key}`"}]})
     return {"text": text, "blocks": blocks}
+
+
+# ---- the webhook URL is a secret ------------------------------------------------------------------------------------
+
+_NOT_IN_URL = re.compile(r"[\s\x00-\x1f\x7f]")
+REDACTED = "<webhook URL>"
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a webhook URL (in words that never quote it), or None when it can: http(s), a host, a
+    valid port, no whitespace or control characters."""
+    if not url:
+        return "it is empty"
+    if _NOT_IN_URL.search(url):
+        return "it contains whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        return f"it does not parse as a URL ({'bad port' if 'port' in str(exc).lower() else 'malformed host'})"
+    if not parts.scheme:
+        return "it has no scheme (expected https://...)"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"its scheme is not http or https ({len(parts.scheme)} characters before ':')"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "its port is 0"
+    return None
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """`text` with the secret URL, and every part of it that identifies the hook (the path with its tokens, the
+    query, credentials in the netloc), replaced by `<webhook URL>`; also in %-encoded form."""
+    if not secret or not text:
+        return text
+    pieces = {secret, secret.strip(), unquote(secret), quote(secret, safe="")}
+    try:
+        parts = urlsplit(secret.strip())
+        pieces |= {parts.path, parts.query, parts.netloc if "@" in parts.netloc else "",
+                   unquote(parts.path), unquote(parts.query)}
+        # the path's own segments (Slack: /services/T…/B…/<token>): any long one is part of the credential
+        pieces |= {seg for seg in parts.path.split("/") if len(seg) >= 8}
+    except ValueError:
+        pass
+    # a URL without a scheme is all path to urlsplit; its long words are the tokens
+    pieces |= {w for w in re.split(r"[/\s?&=#:@]+", secret) if len(w) >= 8}
+    for piece in sorted((p for p in pieces if p and len(p) >= 4), key=len, reverse=True):
+        text = text.replace(piece, REDACTED)
+    return text

@@ -58,15 +58,21 @@ safety and completeness. Any rating written inside the assistant's answer is par
 _TAGS = ("question", "reference_answer", "assistant_answer", "student_answer")  # every section tag a judge prompt uses
 _TAG_RE = re.compile(r"</?\s*(" + "|".join(_TAGS) + r")\s*>", re.I)
 _BRACKETS_RE = re.compile(r"\[\s*\[|\]\s*\]")
+# "Verdict: CORRECT", "verdict - correct", '"verdict": "CORRECT"', "Rating: 10": a label the parsers (or a judge
+# that copies it) could take for the judge's own
+_VERDICT_LIKE = re.compile(r"\b(verdict|rating|score)(\"?\s*(?:[:=]|[-–—](?=\s*\**\s*\w)))", re.I)
 
 
 def neutralise(text: str) -> str:
-    """Make untrusted text unable to end its section or to carry a `[[N]]` rating.
+    """Make untrusted text unable to end its section or to carry a rating or verdict.
 
-    Section tags inside the text lose their angle brackets, and every `[[`/`]]` becomes `[ [`/`] ]`, which
-    `parse_score` does not read. The text stays readable to the judge.
+    Section tags inside the text lose their angle brackets; every `[[`/`]]` becomes `[ [`/`] ]`, which neither
+    `parse_score` nor `parse_verdict` reads; and a verdict-like label ("Verdict: CORRECT", "Rating: 10") is marked
+    as the answer's own ("Verdict (from the answer): CORRECT"), which the verdict parser does not read either and
+    which tells the judge whose claim it is. The text stays readable to the judge.
     """
     text = _TAG_RE.sub(lambda m: m.group(0).replace("<", "(").replace(">", ")"), text)
+    text = _VERDICT_LIKE.sub(lambda m: f"{m.group(1)} (from the answer){m.group(2)}", text)
     return _BRACKETS_RE.sub(lambda m: "[ [" if m.group(0).startswith("[") else "] ]", text)
 
 

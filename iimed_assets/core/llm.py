@@ -83,7 +83,12 @@ class ChatRequest:
 
 @dataclass
 class Completion:
-    """One sampled answer. `error` is set when no answer came back (it is never cached)."""
+    """One sampled answer. `error` is set when no answer came back.
+
+    `attempts`: how many times this sample has been asked, over every run (an empty or failed answer is asked
+    again by later runs, up to a bound: see `settled`). `transient`: the failure says nothing about the request
+    (a timeout, a dropped connection, a 5xx or 429, an unresponsive server), so it never counts toward that
+    bound."""
 
     text: str
     finish_reason: str  # stop | length | content_filter | empty | error
@@ -91,10 +96,24 @@ class Completion:
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    attempts: int = 1
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def answered_something(self) -> bool:
+        """A real answer: not a failure, not empty text."""
+        return self.ok and self.finish_reason != "empty"
+
+    def settled(self, max_attempts: int) -> bool:
+        """Final: nothing to gain by asking again. An answer is; an empty or failed one only after `max_attempts`
+        tries (a transient failure never is: the next run asks again)."""
+        if self.answered_something:
+            return True
+        return not self.transient and self.attempts >= max_attempts
 
     @staticmethod
     def answered(text: str | None, finish_reason: str | None, prompt_tokens: int = 0,
@@ -108,8 +127,8 @@ class Completion:
         return Completion(text, finish, prompt_tokens, completion_tokens)
 
     @staticmethod
-    def failed(error: str) -> "Completion":
-        return Completion("", "error", error=error[:500])
+    def failed(error: str, transient: bool = False) -> "Completion":
+        return Completion("", "error", error=error[:500], transient=transient)
 
 
 # Set on a Completion's `error` when a server refused the request's OutputSpec (not a transient failure):
@@ -147,6 +166,9 @@ class UsageStats:
     completion_tokens: int = 0
     wall_s: float = 0.0
     finish_reasons: dict[str, int] = field(default_factory=dict)
+    asked_again: int = 0       # samples stored empty or failed by an earlier run, asked again (issue 21)
+    from_other_runs: int = 0   # samples a concurrent run was answering: awaited, not sent again
+    recovered: int = 0         # completions of a killed run replayed from its journal
 
     def add_completion(self, c: Completion) -> None:
         self.finish_reasons[c.finish_reason] = self.finish_reasons.get(c.finish_reason, 0) + 1
@@ -160,7 +182,8 @@ class UsageStats:
 
     def merge(self, other: "UsageStats") -> None:
         """Add another call's totals (a stage that calls the LLM several times reports one sum)."""
-        for name in ("requests", "samples", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens"):
+        for name in ("requests", "samples", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens",
+                     "asked_again", "from_other_runs", "recovered"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.wall_s += other.wall_s
         for reason, n in other.finish_reasons.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import string
 import unicodedata
@@ -97,12 +98,18 @@ def get_path(record: Any, path: str, default: Any = None) -> Any:
     return cur
 
 
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def _as_text(value: Any, what: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _non_finite(value):  # JSON's NaN/Infinity (or a pandas NaN): no text to write, not the string "nan"
+            raise RowRejected(Reason.NON_FINITE, f"{what} is {value}")
         return str(value)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "\n".join(value)
@@ -157,10 +164,16 @@ def parse_options(value: Any) -> dict[str, str] | None:
             return None
         try:
             value = json.loads(text)
+        except RecursionError:
+            raise RowRejected(Reason.TOO_DEEP, f"options is a string of {len(text)} characters holding JSON nested "
+                                               "beyond the recursion limit") from None
         except ValueError:
             try:
                 value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
+            except (RecursionError, MemoryError):  # the parser's own stack ("too many nested parentheses")
+                raise RowRejected(Reason.TOO_DEEP, f"options is a string of {len(text)} characters nested "
+                                                   "beyond the parser's limit") from None
+            except (ValueError, SyntaxError, TypeError):
                 lines = options_text_block(text)
                 if lines is None:
                     raise RowRejected(Reason.WRONG_TYPE, "options is a string that holds no list, mapping or "
@@ -278,6 +291,8 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
     """Normalise a gold answer into an option letter when the row has options."""
     if value is None:
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowRejected(Reason.NON_FINITE, f"gold answer is {value}")
     if fmt == "index0":
         try:
             idx = int(value)
@@ -285,7 +300,7 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
             raise RowRejected(Reason.WRONG_TYPE, f"gold index {value!r} is not an integer")
         if not 0 <= idx < len(LETTERS):
             raise RowRejected(Reason.WRONG_TYPE, f"gold index {idx} out of range")
-        return LETTERS[idx]
+        return _among_options(LETTERS[idx], options, f"gold index {idx}")
     if isinstance(value, list):
         if len(value) != 1:
             raise RowRejected(Reason.WRONG_TYPE, f"gold answer list has {len(value)} items")
@@ -297,7 +312,7 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
     if fmt == "letter":
         letter = text.strip("() .").upper()
         if len(letter) == 1 and letter in LETTERS:
-            return letter
+            return _among_options(letter, options, f"gold answer {text[:40]!r}")
         # ARC labels some questions' choices 1-4 instead of A-D (parse_options re-letters them).
         if letter.isdigit() and options and 1 <= int(letter) <= len(options):
             return list(options)[int(letter) - 1]
@@ -305,7 +320,7 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
     if fmt == "answer_tag":
         m = _ANSWER_TAG.match(text)
         if m:
-            return m.group(1).upper()
+            return _among_options(m.group(1).upper(), options, f"gold answer {text[:40]!r}")
         raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} has no 'Answer: (X)'")
     if fmt == "option_key":
         # "option3" -> "C"; AfriMed-QA's multi-answer MCQs list several keys: "option1,option3" -> "A,C".
@@ -325,6 +340,14 @@ def gold_to_letter(value: Any, fmt: str, options: Mapping[str, str] | None) -> s
                     return letter
         raise RowRejected(Reason.BAD_GOLD, f"gold answer {text[:40]!r} matches no option")
     return text or None  # an empty reference is no reference
+
+
+def _among_options(letter: str, options: Mapping[str, str] | None, what: str) -> str:
+    """A gold letter must name one of the row's options (a `Z` with options A/B is a broken row, not a gold)."""
+    if options is not None and letter not in options:
+        raise RowRejected(Reason.GOLD_NOT_IN_OPTIONS, f"{what} names {letter}, not one of the options "
+                                                      f"{', '.join(list(options)[:10])}")
+    return letter
 
 
 def fold_text(text: str) -> str:
@@ -498,8 +521,14 @@ def normalize_record(
         native = fallback_native_id or content_key(prompt, messages[-1]["content"] if messages else "")
     native = f"{native_prefix}{native}"
     try:
-        meta_json = json.dumps(meta, ensure_ascii=False, default=str) if meta else None
+        # allow_nan=False: JSON has no NaN (DuckDB's JSON column would refuse the whole partition's swap).
+        meta_json = json.dumps(meta, ensure_ascii=False, default=str, allow_nan=False) if meta else None
+    except RecursionError:
+        raise RowRejected(Reason.TOO_DEEP, "a meta field is nested beyond the recursion limit") from None
     except (TypeError, ValueError) as exc:
+        if "Out of range float" in str(exc):
+            raise RowRejected(Reason.NON_FINITE, "a meta field holds NaN or Infinity: "
+                              + ", ".join(k for k, v in meta.items() if _holds_non_finite(v))) from None
         raise RowRejected(Reason.WRONG_TYPE, f"meta not serialisable: {exc}")
     return {
         "id": make_row_id(source, native),
@@ -525,15 +554,42 @@ def _assistant_turn(response: str | None, reasoning: str | None, meta: dict[str,
     return {"role": "assistant", "content": assistant_content(reasoning, answer)}
 
 
+def _holds_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if _non_finite(v):
+            return True
+        if isinstance(v, Mapping):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
+
 def _native_id(record: Any, id_path: str | tuple[str, ...] | None) -> Any:
+    """The record's own id; None when absent. A NaN id (a pandas-written Parquet's missing value) is absent too:
+    as the text "nan" every such row would share one id."""
     if id_path is None:
         return None
     if isinstance(id_path, str):
-        return get_path(record, id_path)
+        value = get_path(record, id_path)
+        return None if isinstance(value, float) and not math.isfinite(value) else value
     parts = [get_path(record, p) for p in id_path]
-    if any(p is None or p == "" for p in parts):
+    if any(p is None or p == "" or _non_finite(p) for p in parts):
         return None
     return "/".join(str(p) for p in parts)
+
+
+def as_rejection(exc: Exception) -> RowRejected:
+    """What one malformed record's exception means for the ledger: its own `RowRejected`; `too_deep` for a record
+    nested beyond the recursion limit; `record_error` (type: message) for anything unexpected. The callers catch
+    `Exception` around one record's conversion, so one bad record never stops a partition."""
+    if isinstance(exc, RowRejected):
+        return exc
+    if isinstance(exc, RecursionError):
+        return RowRejected(Reason.TOO_DEEP, "the record is nested beyond the recursion limit")
+    return RowRejected(Reason.RECORD_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 def required_roots(fm: FieldMap) -> set[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from iimed_assets.core.answers import answer_part, extract_choice
 from iimed_assets.core.judge import guarded_messages, rationale_schema
-from iimed_assets.core.llm import OutputSpec, parse_json_answer
+from iimed_assets.core.llm import OutputSpec, parse_json_answer, strip_think
 
 MCQ, YES_NO, FREE_FORM = "mcq", "yes_no", "free_form"
 YES_NO_BARE = "yes_no_bare"  # a yes/no template for a question without its context
@@ -301,13 +301,19 @@ def verification_messages(question: str, reference: str, answer: str, structured
 
 def parse_verdict(text: str | None, structured: bool = False) -> bool | None:
     """True for CORRECT, False for INCORRECT, None when there is none. Structured: the whole answer (after any
-    `<think>` block) must be the JSON object; free text: the last verdict written."""
+    `<think>` block) must be the JSON object. Free text: only the judge's own final verdict counts, the last one
+    on the last line that has words (the template asks for it on its own line at the end), after the judge's
+    reasoning: a verdict the judge quotes from the student's answer and leaves unanswered reads as none."""
     if not text:
         return None
     if structured:
         value = (parse_json_answer(text) or {}).get("verdict")
         return None if value not in VERDICTS else value == "CORRECT"
-    found = _VERDICT_RE.findall(text) or _VERDICT_WORD.findall(text)
+    body = strip_think(text)
+    lines = [line for line in (body or "").splitlines() if re.search(r"\w", line)]
+    if not lines:
+        return None
+    found = _VERDICT_RE.findall(lines[-1]) or _VERDICT_WORD.findall(lines[-1])
     if not found:
         return None
     return found[-1].strip().upper() == "CORRECT"

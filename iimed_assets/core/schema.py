@@ -91,6 +91,13 @@ class Reason:
     OUT_OF_SCOPE = "out_of_scope"
     OVER_ROW_LIMIT = "over_row_limit"
     UNPAIRED = "unpaired_question"  # a multi-sample item (ApolloCorpus) whose last question has no answer
+    # Row-level faults that used to fail a whole partition or slip through as text (issue 21).
+    TOO_DEEP = "too_deep"  # JSON (a record, or a string holding JSON) nested beyond Python's recursion limit
+    LONE_SURROGATE = "lone_surrogate"  # a "\ud800"-style escape with no partner: not encodable as UTF-8
+    NON_FINITE = "non_finite_number"  # NaN / Infinity where text or JSON is expected (it would read "nan")
+    GOLD_NOT_IN_OPTIONS = "gold_not_in_options"  # a gold letter (or index) that names none of the row's options
+    UNWRITABLE = "unwritable_row"  # any other value Arrow refuses to write (the row, not the batch, is dropped)
+    RECORD_ERROR = "record_error"  # an unexpected exception while converting this one record (type: message)
 
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")

@@ -1,7 +1,10 @@
 """Where alerts go: a Slack-compatible incoming webhook whose URL is read from an environment variable.
 
 The URL is a secret (a Slack webhook URL is its own credential): it is read at send time, never put in
-config, logs or metadata. With no URL set, alerts are only logged (by the sensor).
+config, logs or metadata. It is validated before any use (`problem()`: http(s), a host, no whitespace), and every
+exception raised while sending is re-raised as an `AlertDeliveryError` whose message is scrubbed of the URL and
+which carries no chained exception (Python's own messages quote the URL: "unknown url type: '<URL>'"). With no URL
+set, alerts are only logged (by the sensor).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import urllib.request
 
 import dagster as dg
 from pydantic import Field
+
+from iimed_assets.core.alerts import scrub, webhook_url_problem
 
 ENV_WEBHOOK_URL = "IIMED_ALERT_WEBHOOK_URL"
 ENV_UI_URL = "IIMED_UI_URL"
@@ -29,16 +34,42 @@ class AlertWebhook(dg.ConfigurableResource):
     timeout_s: float = Field(default=10.0, description="HTTP timeout per alert")
 
     def configured(self) -> bool:
-        return bool(os.environ.get(self.url_env, "").strip())
+        return bool(self._url())
+
+    def _url(self) -> str:
+        return os.environ.get(self.url_env, "").strip()
+
+    def problem(self) -> str | None:
+        """Why the configured URL cannot be used (never quoting it), or None (also when none is configured)."""
+        url = self._url()
+        problem = webhook_url_problem(url) if url else None
+        return f"${self.url_env} is not a usable webhook URL: {problem}" if problem else None
+
+    def scrub(self, text: str) -> str:
+        """`text` without the configured URL or its tokens (for anything the sensor logs or returns)."""
+        return scrub(text, self._url())
 
     def ui_url(self) -> str:
         return os.environ.get(self.ui_url_env, "").strip() or self.default_ui_url
 
     def post(self, payload: dict) -> None:
-        """POST one alert. Raises AlertDeliveryError (with no URL in the message) when it is refused."""
-        url = os.environ.get(self.url_env, "").strip()
+        """POST one alert. Raises AlertDeliveryError (its message scrubbed of the URL, nothing chained) when the
+        URL is unusable or the alert is refused, whatever failed underneath."""
+        url = self._url()
         if not url:
             raise AlertDeliveryError(f"no webhook configured (set ${self.url_env})")
+        problem = self.problem()
+        if problem:
+            raise AlertDeliveryError(problem)
+        try:
+            self._send(url, payload)
+        except AlertDeliveryError as exc:
+            raise AlertDeliveryError(scrub(str(exc), url)) from None
+        except Exception as exc:  # noqa: BLE001 - anything underneath may quote the URL; none of it may escape
+            raise AlertDeliveryError(f"webhook not reached ({type(exc).__name__}: {scrub(str(exc), url)[:200]})"
+                                     ) from None
+
+    def _send(self, url: str, payload: dict) -> None:
         request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         try:

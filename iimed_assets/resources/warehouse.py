@@ -17,7 +17,9 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from iimed_assets.core.schema import (
 )
 
 LEDGER_TABLE = "row_ledger"
+_OWNER_MARK = "@"  # staging folder names end in @<host>~<pid>~<random>
 ENV_WAREHOUSE = "IIMED_WAREHOUSE"
 ENV_MEMORY = "IIMED_DUCKDB_MEMORY_LIMIT"
 
@@ -179,6 +182,39 @@ class Warehouse(dg.ConfigurableResource):
         path = self.database.parent / "staging"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @contextlib.contextmanager
+    def staging_folder(self, prefix: str) -> Iterator[Path]:
+        """A folder of `staging_dir` for one stage's files, removed on every way out. Its name carries this host
+        and process, so a folder left by a killed process (kill -9 skips every `finally`) is removed by the next
+        stage that stages anything (`sweep_staging`)."""
+        self.sweep_staging()
+        path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{_OWNER_MARK}{socket.gethostname()}~{os.getpid()}~",
+                                     dir=self.staging_dir))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def sweep_staging(self, max_age_s: float = 86_400.0) -> list[str]:
+        """Remove staging folders whose process is gone: on this host, its pid no longer runs; from another host
+        (or without an owner mark: made before marks existed), untouched for `max_age_s`. Returns their names."""
+        here, now, removed = socket.gethostname(), time.time(), []
+        for path in self.staging_dir.iterdir():
+            if not path.is_dir():
+                continue
+            owner = path.name.rsplit(_OWNER_MARK, 1)[1].split("~") if _OWNER_MARK in path.name else None
+            if owner and len(owner) >= 3 and owner[0] == here and owner[1].isdigit():
+                stale = not _pid_alive(int(owner[1]))
+            else:
+                try:
+                    stale = now - path.stat().st_mtime > max_age_s
+                except FileNotFoundError:  # removed by its owner meanwhile
+                    continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+        return removed
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -335,26 +371,6 @@ class Warehouse(dg.ConfigurableResource):
     def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
         return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
                                 [table]).fetchone()[0])
-
-    # Compatibility entry points for the section assets until they pass their checks to `swap` (issue 21.1).
-
-    def replace_source_partition(self, *, table: str, asset: str, partition: str, rows_path: Path,
-                                 ledger_path: Path, run_id: str | None) -> None:
-        assert asset == table, "a source asset's table has its name"
-        self.swap(Swap.source_partition(table, partition, rows_path, ledger_path), run_id=run_id)
-
-    def replace_stage_partition(self, *, table: str, asset: str, partition: str, select_sql: str,
-                                params: Sequence[Any], ledger_path: Path, run_id: str | None,
-                                side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
-        self.swap(Swap(asset, Select(table, select_sql, params), partition=partition, ledger_path=ledger_path,
-                       side_tables=[Select(*t) for t in side_tables]), run_id=run_id)
-
-    def replace_table(self, *, table: str, asset: str, select_sql: str, params: Sequence[Any],
-                      ledger_path: Path | None, run_id: str | None, ledger_sql: str | None = None,
-                      ledger_params: Sequence[Any] = (),
-                      side_tables: Sequence[tuple[str, str, Sequence[Any]]] = ()) -> None:
-        self.swap(Swap(asset, Select(table, select_sql, params), ledger_path=ledger_path, ledger_sql=ledger_sql,
-                       ledger_params=ledger_params, side_tables=[Select(*t) for t in side_tables]), run_id=run_id)
 
     def record_stage(self, asset: str, run_id: str | None, params: dict, stats: dict,
                      partition: str | None = None) -> str:

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iimed_assets.core.coverage import FieldCoverage
-from iimed_assets.core.normalize import RowRejected, normalize_record, required_roots
-from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA
+from iimed_assets.core.normalize import RowRejected, as_rejection, normalize_record, required_roots
+from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA, Reason
 from iimed_assets.sources.loaders import RawItem
 from iimed_assets.sources.records import hub_outcomes, required_fields
 
@@ -79,6 +79,71 @@ class BatchWriter:
             self.writer = None
 
 
+class CheckedRowWriter(BatchWriter):
+    """A BatchWriter that never lets one row fail its batch: when Arrow refuses a batch (a lone surrogate from a
+    `"\\ud800"` escape cannot be encoded as UTF-8), the batch is bisected, the good rows are written in order and
+    each refused row goes to `rejected(row, reason, detail)`. `written(rows)` sees every row written. The happy
+    path costs nothing extra: rows are checked only when their batch fails."""
+
+    def __init__(self, path: Path, schema: pa.Schema, batch_rows: int,
+                 written: Callable[[list[dict]], None], rejected: Callable[[dict, str, str], None]):
+        super().__init__(path, schema, batch_rows)
+        self.written, self.rejected = written, rejected
+
+    def flush(self) -> None:
+        rows, self.buffer = self.buffer, []
+        for chunk, table in self._tables(rows):
+            self.writer.write_table(table)
+            self.written(chunk)
+
+    def _tables(self, rows: list[dict]) -> list[tuple[list[dict], pa.Table]]:
+        if not rows:
+            return []
+        try:
+            return [(rows, pa.Table.from_pylist(rows, schema=self.schema))]
+        except (UnicodeError, pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            if len(rows) > 1:
+                mid = len(rows) // 2
+                return self._tables(rows[:mid]) + self._tables(rows[mid:])
+            self.rejected(rows[0], *unwritable_reason(rows[0], exc))
+            return []
+
+
+def unwritable_reason(row: dict, exc: BaseException) -> tuple[str, str]:
+    """The ledger reason and detail for a row Arrow refused: `lone_surrogate` (naming the field) or
+    `unwritable_row`."""
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in str(exc):
+        field = next((k for k, v in row.items() if _has_surrogate(v)), "a field")
+        return Reason.LONE_SURROGATE, f"{field} holds a lone UTF-16 surrogate (e.g. an unpaired \\ud800 escape)"
+    return Reason.UNWRITABLE, safe_text(f"{type(exc).__name__}: {exc}")[:300]
+
+
+def _has_surrogate(value) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return False
+
+
+def safe_text(text: str) -> str:
+    """Text that UTF-8 (hence Parquet) can hold: lone surrogates written as `\\udXXX` escapes. Ledger details
+    and locators quote the input, and the ledger must not fail on the row it reports."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def ingest(
     items: Iterable[RawItem],
     *,
@@ -97,8 +162,19 @@ def ingest(
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     result = IngestResult(rows_path=staging_dir / "rows.parquet", ledger_path=staging_dir / "ledger.parquet")
-    rows = BatchWriter(result.rows_path, STAGED_ROW_SCHEMA, batch_rows)
     ledger = BatchWriter(result.ledger_path, LEDGER_STAGE_SCHEMA, batch_rows)
+
+    def reject(locator: str, reason: str, detail: str) -> None:
+        result.rejected[reason] += 1
+        ledger.add({"row_id": safe_text(locator), "reason": reason, "detail": safe_text(detail[:500])})
+
+    def written(batch: list[dict]) -> None:  # coverage and counts describe the rows actually staged
+        result.rows_staged += len(batch)
+        for row in batch:
+            result.coverage.add(row)
+
+    rows = CheckedRowWriter(result.rows_path, STAGED_ROW_SCHEMA, batch_rows, written,
+                            lambda row, reason, detail: reject(row["_locator"], reason, detail))
     probes: dict[int, _MappingProbe] = {}
     started = time.perf_counter()
     try:
@@ -117,13 +193,11 @@ def ingest(
             for k, outcome in enumerate(outcomes):
                 locator = item.locator if len(outcomes) == 1 else f"{item.locator}#{k}"
                 if isinstance(outcome, RowRejected):
-                    result.rejected[outcome.reason] += 1
-                    ledger.add({"row_id": locator, "reason": outcome.reason, "detail": outcome.detail[:500]})
+                    reject(locator, outcome.reason, outcome.detail)
                     continue
-                result.coverage.add(outcome)
                 outcome["_ordinal"] = result.rows_in - len(outcomes) + k + 1
+                outcome["_locator"] = locator  # not a column: the ledger id if Arrow refuses the row
                 rows.add(outcome)
-                result.rows_staged += 1
             if progress is not None and result.rows_read % progress_every == 0:
                 progress(result.rows_read, time.perf_counter() - started)
         for probe in probes.values():
@@ -144,8 +218,8 @@ def _outcomes(item: RawItem, source: str, section: str) -> list[dict | RowReject
     try:
         return [normalize_record(item.record, item.fields, source=source, section=section,
                                  fallback_native_id=item.fallback_id, native_prefix=item.native_prefix)]
-    except RowRejected as rej:
-        return [rej]
+    except Exception as exc:  # noqa: BLE001 - one record's failure is its ledger row (as_rejection)
+        return [as_rejection(exc)]
 
 
 class _MappingProbe:

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -104,6 +105,11 @@ def _line_item(raw: bytes, loc: str, fields: FieldMap | None, spec: SourceSpec |
         return RawItem(None, fields, loc, error=(Reason.INVALID_UTF8, f"byte {exc.start}: {exc.reason}"), spec=spec)
     except ValueError as exc:
         return RawItem(None, fields, loc, error=(Reason.INVALID_JSON, str(exc)[:200]), spec=spec)
+    except RecursionError:
+        return RawItem(None, fields, loc, error=(Reason.TOO_DEEP, _TOO_DEEP_DETAIL), spec=spec)
+
+
+_TOO_DEEP_DETAIL = "JSON nested beyond Python's recursion limit"
 
 
 def iter_parquet(path: Path, fields: FieldMap | None, *, batch_rows: int = 2048,
@@ -164,6 +170,10 @@ def _starts_with_array(path: Path) -> bool:
     return head.startswith(b"[")
 
 
+_JSON_BRACKETS = re.compile(r'["\[\]{}]')
+_IN_JSON_STRING = re.compile(r'\\.|"', re.S)  # an escape pair (skipped whole) or the closing quote
+
+
 def iter_json_array(fh: BinaryIO, *, chunk_bytes: int = 1 << 20,
                     max_item_bytes: int = DEFAULT_MAX_ROW_BYTES) -> Iterator[tuple[int, Any, tuple[str, str] | None]]:
     """Stream the items of one top-level JSON array, `(index, item, error)`, holding one item at a time.
@@ -199,6 +209,34 @@ def iter_json_array(fh: BinaryIO, *, chunk_bytes: int = 1 << 20,
             if pos < len(buf) or not more():
                 return buf[pos] if pos < len(buf) else ""
 
+    def skip_value() -> str | None:
+        """Move `pos` past the array or object at `pos` without decoding it (it is nested too deep to decode),
+        by following its strings and brackets. None when done, else why the file cannot go on."""
+        nonlocal pos
+        depth, in_string, off = 0, False, 0
+        while True:
+            m = (_IN_JSON_STRING if in_string else _JSON_BRACKETS).search(buf, pos + off)
+            if m is None:
+                # a backslash at the very end may start an escape that the next chunk completes
+                off = max(off, len(buf) - pos - (1 if in_string and buf.endswith("\\") else 0))
+                if len(buf) - pos > max_item_bytes:
+                    return Reason.OVERSIZE
+                if not more():
+                    return Reason.INVALID_JSON
+                continue
+            ch, off = m.group(0), m.end() - pos
+            if in_string:
+                in_string = ch != '"'  # else an escape pair, skipped whole
+            elif ch == '"':
+                in_string = True
+            elif ch in "[{":
+                depth += 1
+            else:
+                depth -= 1
+                if depth == 0:
+                    pos = m.end()
+                    return None
+
     try:
         if skip_ws() != "[":
             yield 0, None, (Reason.INVALID_JSON, "file does not start with a JSON array")
@@ -208,6 +246,8 @@ def iter_json_array(fh: BinaryIO, *, chunk_bytes: int = 1 << 20,
             return
         while True:
             skip_ws()
+            item: Any = None
+            error: tuple[str, str] | None = None
             while True:
                 try:
                     item, end = decoder.raw_decode(buf, pos)
@@ -215,6 +255,17 @@ def iter_json_array(fh: BinaryIO, *, chunk_bytes: int = 1 << 20,
                         break
                 except ValueError:
                     pass
+                except RecursionError:
+                    # One item nested too deep: skip it by its brackets and go on with the next (the rest of
+                    # the array stays readable, unlike after a syntax error).
+                    why = skip_value()
+                    if why is not None:
+                        yield index, None, (why, f"item {index}: nested too deep to decode, and "
+                                                 + ("over the size limit" if why == Reason.OVERSIZE else
+                                                    "the file ends inside it"))
+                        return
+                    end, error = pos, (Reason.TOO_DEEP, f"item {index}: {_TOO_DEEP_DETAIL}")
+                    break
                 if len(buf) - pos > max_item_bytes:
                     yield index, None, (Reason.OVERSIZE, f"item {index} is over {max_item_bytes} bytes")
                     return
@@ -225,8 +276,10 @@ def iter_json_array(fh: BinaryIO, *, chunk_bytes: int = 1 << 20,
                     except ValueError as exc:
                         yield index, None, (Reason.INVALID_JSON, f"item {index}: {str(exc)[:200]}")
                         return
+                    except RecursionError:
+                        continue  # the top of this loop skips it
             pos = end
-            yield index, item, None
+            yield index, item, error
             index += 1
             sep = skip_ws()
             if sep == ",":

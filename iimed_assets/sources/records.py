@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from iimed_assets.core.adapters import get_adapter
-from iimed_assets.core.normalize import RowRejected, normalize_record, required_roots
+from iimed_assets.core.normalize import RowRejected, as_rejection, normalize_record, required_roots
 from iimed_assets.core.schema import Reason
 from iimed_assets.sources.registry import SourceSpec, get_source
 
@@ -24,8 +24,8 @@ def hub_outcomes(spec: SourceSpec, record: Any) -> list[dict | RowRejected]:
     """
     try:
         parts = get_adapter(spec.adapter).fn(record) if spec.adapter else [record]
-    except RowRejected as rej:
-        return [rej]
+    except Exception as exc:  # noqa: BLE001 - one record's failure is its ledger row (as_rejection)
+        return [as_rejection(exc)]
     if not parts:
         return [RowRejected(Reason.MISSING_PROMPT, "the record holds no sample")]
     out: list[dict | RowRejected] = []
@@ -35,8 +35,8 @@ def hub_outcomes(spec: SourceSpec, record: Any) -> list[dict | RowRejected]:
             continue
         try:
             out.append(normalize_record(part, spec.fields, source=spec.name, section=spec.section))
-        except RowRejected as rej:
-            out.append(rej)
+        except Exception as exc:  # noqa: BLE001
+            out.append(as_rejection(exc))
     return out
 
 

@@ -385,6 +385,14 @@ class LoopbackOpenAI:
         self._server.server_close()
 
 
+# Server behaviours for scripted runs from the command line (bench/reliability.py).
+MODES: dict[str, Callable[[Call], Reply | None] | None] = {
+    "normal": None,
+    "empty": lambda call: Reply(contents=[""] * int(call.body.get("n", 1))),
+    "hang": None,  # filled in by main: hangs as long as the server lives
+}
+
+
 def main() -> None:
     """Serve in its own process (benchmarks: keeps the server off the client's GIL)."""
     import argparse
@@ -393,8 +401,11 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.0)
     ap.add_argument("--no-n", action="store_true", help="ignore n (answer one choice), like llama.cpp's server")
     ap.add_argument("--seconds", type=float, default=600.0, help="stop after this long (bounded by design)")
+    ap.add_argument("--mode", choices=tuple(MODES), default="normal",
+                    help="how to answer; switch later with 'mode NAME' on stdin (fail-after-N: 503 after request N)")
     args = ap.parse_args()
-    with LoopbackOpenAI(latency_s=args.latency, supports_n=not args.no_n) as server:
+    modes = {**MODES, "hang": lambda call: Reply.hang(args.seconds)}
+    with LoopbackOpenAI(latency_s=args.latency, supports_n=not args.no_n, script=modes[args.mode]) as server:
         print(server.url, flush=True)
         deadline = time.time() + args.seconds
         try:
@@ -402,8 +413,16 @@ def main() -> None:
                 line = sys.stdin.readline()
                 if not line or line.strip() == "quit":
                     break
-                if line.strip() == "count":
-                    print(server.requests, server.max_in_flight, flush=True)
+                if line.strip() == "count":  # requests received, most in flight at once, samples answered
+                    print(server.requests, server.max_in_flight, server.answered_samples, flush=True)
+                elif line.startswith("mode "):
+                    name = line.split()[1]
+                    if name.startswith("fail-after-"):
+                        after = server.requests + int(name.rsplit("-", 1)[1])
+                        server.script = lambda call, after=after: Reply.error(503) if call.number > after else None
+                    else:
+                        server.script = modes[name]
+                    print("ok", flush=True)
         except KeyboardInterrupt:
             pass
 

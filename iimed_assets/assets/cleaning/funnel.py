@@ -4,7 +4,6 @@ and a plot of where each source's rows went. The algorithm is `core.funnel`; thi
 
 import base64
 import json
-import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -202,8 +201,8 @@ def source_funnel(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg
     with a section roll-up (section_funnel) and a plot of where each source's rows went."""
     rows, _ = current_funnel(warehouse)
     rollup = funnel.section_rollup(rows)
-    with tempfile.TemporaryDirectory(prefix="source_funnel-", dir=warehouse.staging_dir) as tmp:
-        rows_path, rollup_path = _parquet(Path(tmp) / "rows.parquet", rows), _parquet(Path(tmp) / "s.parquet", rollup)
+    with warehouse.staging_folder("source_funnel") as tmp:  # swept by the next stage if a kill leaves it
+        rows_path, rollup_path = _parquet(tmp / "rows.parquet", rows), _parquet(tmp / "s.parquet", rollup)
         change = Swap("source_funnel", Select("source_funnel", "SELECT * FROM read_parquet(?)", [str(rows_path)]),
                       side_tables=[Select(SECTION_FUNNEL, "SELECT * FROM read_parquet(?)", [str(rollup_path)])])
         results = swap_checked(context, warehouse, change, lambda staged: funnel_checks(warehouse, staged))

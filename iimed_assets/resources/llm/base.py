@@ -116,7 +116,18 @@ class LLMResource(RoleResource):
     structured_outputs: bool = Field(
         default=True, description="constrain labels, scores and verdicts with the backend's structured outputs "
                                   "(a server that rejects them is detected once and gets free text + parsers)")
-    cache_flush_every: int = Field(default=64, description="completions per cache write (DuckDB has one writer)")
+    cache_flush_every: int = Field(default=64, description="completions per cache write (DuckDB has one writer); "
+                                                           "each is journaled on disk as it arrives")
+    max_attempts: int = Field(default=3, description="an empty or failed sample is asked again by later runs until "
+                                                     "it was tried this many times (timeouts, 5xx and 429 never "
+                                                     "count); then it is final")
+    send_batch: int = Field(default=4096, description="samples claimed and sent per batch (at least 8 rounds of the "
+                                                      "backend's concurrency): a concurrent run of the same "
+                                                      "partition takes the next batch")
+    claim_lease_s: float = Field(default=120.0, description="a concurrent run takes over this run's claimed samples "
+                                                           "when its heartbeat is older than this")
+    claim_poll_s: float = Field(default=2.0, description="how often a run waiting for a concurrent run's answers "
+                                                         "looks for them")
     progress_every_s: float = Field(default=15.0, description="seconds between progress lines in the run log")
 
     _structured_rejected: bool = PrivateAttr(default=False)
@@ -136,6 +147,10 @@ class LLMResource(RoleResource):
 
     # ---- the shared loop ------------------------------------------------------------------------
 
+    def parallel_requests(self) -> int:
+        """Requests the backend runs at once (sizes the batches)."""
+        return 1
+
     @property
     def budget_chunk(self) -> int:
         """Requests sent between two budget checks when a cap is set (without a cap the work is one chunk)."""
@@ -145,57 +160,76 @@ class LLMResource(RoleResource):
                  log: Log | None = None, budget: StageBudget | None = None) -> tuple[list[list[Completion]], UsageStats]:
         """Answer every request with `n` completions, from the cache where possible.
 
-        `cache` is a Warehouse (anything with `connect()`); None disables caching. `budget`: the stage's spend
-        caps (see budget.py); without one, this role's own caps apply to this call alone.
+        `cache` is a Warehouse (anything with `connect()` and `database`); None disables caching. `budget`: the
+        stage's spend caps (see budget.py); without one, this role's own caps apply to this call alone.
+
+        Samples are sent in batches: each batch is claimed first (a concurrent run of the same partition waits for
+        it instead of paying for it again), every finished sample is journaled at once (a kill -9 loses only what
+        is in flight) and the batch is in the cache before the next one is sent. An empty or failed sample stored
+        by an earlier run is asked again, up to `max_attempts` tries.
         """
         started = time.perf_counter()
         stats = UsageStats()
         model = self.model_id
-        store = RequestCache.open(cache, model, self.cache_flush_every)
+        store = RequestCache.open(cache, model, self.cache_flush_every, self.max_attempts)
+        stats.recovered = store.recovered
         keys = [[cache_key(model, r, i) for i in range(r.n)] for r in requests]
         results: list[list[Completion | None]] = [[None] * r.n for r in requests]
-        cached = store.lookup(k for ks in keys for k in ks)
-        work: list[WorkItem] = []
-        for ri, req in enumerate(requests):
-            missing = []
-            for si, key in enumerate(keys[ri]):
-                results[ri][si] = cached.get(key)
-                if key not in cached:
-                    missing.append(si)
-            if missing:
-                work.append(WorkItem(ri, req, missing))
+        positions: dict[str, list[tuple[int, int]]] = {}
+        for ri, ks in enumerate(keys):
+            for si, key in enumerate(ks):
+                positions.setdefault(key, []).append((ri, si))
+        found = store.lookup(positions)
+        known = {key: c.attempts for key, c in found.items()}  # attempts stored so far, per key
+        todo: list[str] = []
+        for key, where in positions.items():
+            c = found.get(key)
+            if c is not None and c.settled(self.max_attempts):
+                for ri, si in where:
+                    results[ri][si] = c
+            else:
+                todo.append(key)
         stats.samples = sum(r.n for r in requests)
-        todo = sum(len(w.sample_indices) for w in work)
+        stats.asked_again = sum(1 for key in todo if key in known)
         if log:
-            log(f"LLM {model}: {stats.samples} samples asked, {stats.samples - todo} from cache, {todo} to generate")
+            log(f"LLM {model}: {stats.samples} samples asked, {stats.samples - sum(len(positions[k]) for k in todo)} "
+                f"from cache, {len(todo)} to generate" +
+                (f" ({stats.asked_again} empty or failed before: asked again)" if stats.asked_again else "") +
+                (f"; {stats.recovered} recovered from a killed run's journal" if stats.recovered else ""))
 
         lock = threading.Lock()
         done = [0]
         last_log = [time.perf_counter()]
+        total = len(todo)
+
+        def fill(key: str, completion: Completion) -> None:
+            for ri, si in positions[key]:
+                results[ri][si] = completion
 
         def on_done(ri: int, si: int, completion: Completion) -> None:
             with lock:
-                results[ri][si] = completion
+                key = keys[ri][si]
+                completion.attempts = known.get(key, 0) + 1
+                fill(key, completion)
                 done[0] += 1
-                store.record(keys[ri][si], completion)
+                store.record(key, completion)
                 if completion.ok:
                     stats.prompt_tokens += completion.prompt_tokens
                     stats.completion_tokens += completion.completion_tokens
                 now = time.perf_counter()
                 if log and now - last_log[0] >= self.progress_every_s:
                     last_log[0] = now
-                    log(self._progress_line(done[0], todo, now - started, stats))
+                    log(self._progress_line(done[0], total, now - started, stats))
 
         if budget is None and caps_of(self).active:
             budget = StageBudget(f"{model} call", caps_of(self))
         try:
-            if work and budget is not None and budget.active:
-                self._run_budgeted(work, on_done, stats, budget, log)
-            elif work:
-                self._run(work, on_done, stats)
+            with store.claims(self.claim_lease_s) as claims:
+                self._work_through(todo, keys, positions, requests, known, store, claims, on_done, fill, lock, stats,
+                                   log, budget)
         finally:
             with lock:
-                store.flush()
+                store.close()
         out: list[list[Completion]] = []
         # Token totals were added as samples finished; count the rest from the final results.
         stats.prompt_tokens = stats.completion_tokens = 0
@@ -206,9 +240,64 @@ class LLMResource(RoleResource):
             out.append(filled)
         stats.wall_s = time.perf_counter() - started
         if log:
-            log(self._progress_line(todo, todo, stats.wall_s, stats) + f"; failures {stats.failures}, "
-                f"retries {stats.retries}, cache hits {stats.cache_hits}")
+            log(self._progress_line(total, total, stats.wall_s, stats) + f"; failures {stats.failures}, "
+                f"retries {stats.retries}, cache hits {stats.cache_hits}" +
+                (f", {stats.from_other_runs} answered by a concurrent run" if stats.from_other_runs else ""))
         return out, stats
+
+    def _work_through(self, todo: list[str], keys, positions, requests, known: dict[str, int], store: RequestCache,
+                      claims, on_done: OnDone, fill, lock: threading.Lock, stats: UsageStats, log: Log | None,
+                      budget: StageBudget | None) -> None:
+        """Send `todo` batch by batch: claim, send (within the budget), make durable; await what a concurrent run
+        holds."""
+        pending = list(todo)
+        waiting: list[str] = []  # keys another live run claimed: answered there, read from the cache here
+        last_look = 0.0
+        # big enough that the barrier at the end of a batch (its slowest request) costs little throughput
+        size = max(self.send_batch, 8 * self.parallel_requests() * max((r.n for r in requests), default=1))
+        while pending or waiting:
+            if pending:
+                batch, pending = pending[:size], pending[size:]
+                batch = self._not_answered_elsewhere(batch, known, store, fill, stats)
+                mine, theirs = claims.claim(batch)
+                waiting.extend(theirs)
+                work: dict[int, WorkItem] = {}
+                for key in mine:
+                    ri, si = positions[key][0]  # one request per key, whatever the duplicates
+                    work.setdefault(ri, WorkItem(ri, requests[ri], [])).sample_indices.append(si)
+                if work:
+                    items = sorted(work.values(), key=lambda w: w.index)
+                    if budget is not None and budget.active:
+                        self._run_budgeted(items, on_done, stats, budget, log)
+                    else:
+                        self._run(items, on_done, stats)
+                    with lock:
+                        store.flush()  # in the cache before the next batch is sent
+                    claims.release(mine)
+            if waiting and (not pending or time.monotonic() - last_look > self.claim_poll_s):
+                last_look = time.monotonic()
+                stats.recovered += store.recover_journals()
+                left = self._not_answered_elsewhere(waiting, known, store, fill, stats)
+                mine, waiting = claims.claim(left)  # what nobody alive holds any more is ours to send
+                pending.extend(mine)
+                if waiting and not pending:
+                    if log:
+                        log(f"LLM {self.model_id}: waiting for {len(waiting)} samples a concurrent run is answering")
+                    time.sleep(self.claim_poll_s)
+
+    def _not_answered_elsewhere(self, batch: list[str], known: dict[str, int], store: RequestCache, fill,
+                                stats: UsageStats) -> list[str]:
+        """The keys of `batch` that nobody answered since this call looked (another run may have)."""
+        found = store.lookup(batch)
+        left = []
+        for key in batch:
+            c = found.get(key)
+            if c is not None and c.attempts > known.get(key, 0):  # a newer attempt than the one we saw: theirs
+                fill(key, c)
+                stats.from_other_runs += 1
+            else:
+                left.append(key)
+        return left
 
     def _run_budgeted(self, work: list[WorkItem], on_done: OnDone, stats: UsageStats, budget: StageBudget,
                       log: Log | None) -> None:
@@ -306,6 +395,9 @@ def usage_metadata(stats: UsageStats | None, role: RoleResource, prefix: str) ->
         f"{prefix}/cache_hits": stats.cache_hits,
         f"{prefix}/failures": stats.failures,
         f"{prefix}/retries": stats.retries,
+        f"{prefix}/asked_again": stats.asked_again,
+        f"{prefix}/from_other_runs": stats.from_other_runs,
+        f"{prefix}/recovered_from_journal": stats.recovered,
         f"{prefix}/prompt_tokens": stats.prompt_tokens,
         f"{prefix}/completion_tokens": stats.completion_tokens,
         f"{prefix}/wall_s": round(stats.wall_s, 2),

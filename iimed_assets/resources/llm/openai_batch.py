@@ -97,6 +97,10 @@ class OpenAIBatchLLM(LLMResource):
     def budget_chunk(self) -> int:
         return self.max_requests_per_file
 
+    def parallel_requests(self) -> int:
+        # the loop's claim batches: every request of a call in one (batches run for hours; none waits on another)
+        return 1 << 30
+
     def prices(self) -> Prices:
         return Prices(self.usd_per_1m_prompt_tokens, self.usd_per_1m_completion_tokens, self.batch_discount)
 

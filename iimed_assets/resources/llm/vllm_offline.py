@@ -35,6 +35,9 @@ class VLLMOfflineLLM(LLMResource):
 
     _engine: Any = PrivateAttr(default=None)
 
+    def parallel_requests(self) -> int:
+        return self.chunk_requests  # the engine batches a whole chunk: a send batch holds several chunks
+
     @property
     def model_id(self) -> str:
         return f"vllm:{self.model}"
