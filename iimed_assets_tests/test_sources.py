@@ -17,6 +17,7 @@ from iimed_assets.sources.loaders import SAMPLE_DIR, SourceUnavailable, iter_jso
 from iimed_assets.sources.registry import SOURCES, get_source, sources_in
 
 from .conftest import write_malformed_jsonl
+from iimed_assets.resources.defaults import catalog_from_env
 
 CARD_SOURCES = {
     "public_reasoning": {"general_thought_medical", "medical_r1_distill", "medical_r1_distill_zh", "m23k"},
@@ -144,7 +145,7 @@ def test_jsonl_window(tmp_path):
 
 def test_catalog_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("IIMED_SOURCE_MODE", raising=False)
-    cat = SourceCatalog()
+    cat = catalog_from_env()
     assert cat.resolved_mode() == "sample" and cat.origin("medqa").startswith("sample:")
     monkeypatch.setenv("IIMED_SOURCE_MODE", "hub")
     assert cat.origin("medqa") == "hub:fzkuji/MedQA [med_qa_en_source] split=train"
@@ -161,8 +162,8 @@ def test_catalog_precedence(monkeypatch, tmp_path):
 def test_catalog_bounds(monkeypatch):
     monkeypatch.delenv("IIMED_SOURCE_MODE", raising=False)
     monkeypatch.delenv("IIMED_SOURCE_MAX_ROWS", raising=False)
-    assert SourceCatalog().bounds(get_source("medqa")) == (1, None)
-    assert SourceCatalog().bounds(get_source("gpqa_diamond")) == (0, None)
+    assert catalog_from_env().bounds(get_source("medqa")) == (1, None)
+    assert catalog_from_env().bounds(get_source("gpqa_diamond")) == (0, None)
     # hub: the real size within the entry's tolerance (1,273 +- 1%)
     assert SourceCatalog(mode="hub").bounds(get_source("medqa_usmle_4opt")) == (1260, 1286)
     assert SourceCatalog(mode="hub").bounds(get_source("evol_instruct_medical")) == (1, None)  # size unknown
@@ -173,7 +174,7 @@ def test_catalog_bounds(monkeypatch):
 def test_hub_source_without_hub_copy_says_how_to_fix(monkeypatch):
     monkeypatch.setenv("IIMED_SOURCE_MODE", "hub")
     with pytest.raises(SourceUnavailable, match="IIMED_SOURCE_EVOL_INSTRUCT_MEDICAL"):
-        list(SourceCatalog().read("evol_instruct_medical"))
+        list(catalog_from_env().read("evol_instruct_medical"))
 
 
 def test_known_overlap_rows_are_in_the_sample():
