@@ -95,8 +95,8 @@ MCQ = expect(options=0.95, gold=0.95)
 
 # The card's published figures (II-Medical-Reasoning-SFT dataset card, "Dataset Curation", read at
 # https://huggingface.co/datasets/Intelligent-Internet/II-Medical-Reasoning-SFT/blob/main/README.md):
-# the total, the sections that have a count, and per-source prompt counts in `SourceSpec.published_rows`. Sections 1 and 3 have no published count; together they are
-# 2,197,741 - 873,497 - 1,025,903 = 298,341.
+# the total, the sections that have a count, and per-source prompt counts in `SourceSpec.published_rows`.
+# Sections 1 and 3 have no published count; together they are 2,197,741 - 873,497 - 1,025,903 = 298,341.
 PUBLISHED_TOTAL = 2_197_741
 PUBLISHED_SECTIONS: dict[str, int | None] = {
     "public_reasoning": None,
