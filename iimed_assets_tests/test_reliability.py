@@ -189,16 +189,17 @@ def test_failed_source_rerun_keeps_the_partition_exactly(warehouse_path, tmp_pat
     first.write_text("\n".join(good + ['{"instruction": "x", "input": "", "output": "y"}', "{broken"]) + "\n")
     second = tmp_path / "second.jsonl"
     second.write_text("" if second_input == "empty" else "{broken\n" + '{"input": NaN, "output": "y"}\n')
-    resources = {"warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog_from_env()}
+    def resources() -> dict:  # the catalog takes IIMED_SOURCE_* when it is built, as the definitions do
+        return {"warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog_from_env()}
 
     monkeypatch.setenv("IIMED_SOURCE_HEALTHCAREMAGIC", str(first))
-    assert dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources).success
+    assert dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources()).success
     before = _snapshot(warehouse_path, "instruct_prompt_rows", "healthcaremagic")
     assert len(before[0]) == 20 and len(before[1]) == 2
 
     monkeypatch.setenv("IIMED_SOURCE_HEALTHCAREMAGIC", str(second))
     with dg.instance_for_test() as instance:
-        result = dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources,
+        result = dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources(),
                                 raise_on_error=False, instance=instance)
         failed = {name for name, e in logged_checks(instance, result.run_id).items() if not e.passed}
     assert not result.success
