@@ -42,6 +42,7 @@ from iimed_assets.core.domains import KEEP_DOMAINS  # noqa: E402
 from iimed_assets.core.llm import Completion  # noqa: E402
 from iimed_assets.resources.embedder import Embedder  # noqa: E402
 from iimed_assets.resources.llm import EmbeddingClassifier, LlamaCppLLM, LLMResource  # noqa: E402
+from iimed_assets.resources.defaults import warehouse_from_env  # noqa: E402
 from iimed_assets.resources.warehouse import Warehouse  # noqa: E402
 
 PARTITION = "general_thought_r1"
@@ -114,7 +115,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["IIMED_WAREHOUSE"] = str(Path(tmp) / "bench.duckdb")
-        warehouse = Warehouse()
+        warehouse = warehouse_from_env()
         with warehouse.connect() as con:
             con.execute("CREATE TABLE r1_trace_rows (id VARCHAR, source VARCHAR, section VARCHAR, prompt VARCHAR, "
                         "bench_set VARCHAR, true_domain VARCHAR, medical BOOLEAN)")

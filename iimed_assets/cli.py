@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                                         "and per source, and every source's funnel through the stages")
     rep.add_argument("--warehouse", help="DuckDB file (default: $IIMED_WAREHOUSE or ./data/warehouse.duckdb)")
     rep.add_argument("--width", type=int, default=48, help="clip table cells to this many characters")
+    sub.add_parser("settings", help="every environment variable iimed-assets reads: what is set now, the default, "
+                                    "what uses it (secrets shown only as set/unset)")
     dev = sub.add_parser("dev", help="start the Dagster UI and daemon (dagster dev) on this project's instance")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", default="3000")
@@ -108,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         return _plan(args, parser)
     if args.command == "report":
         return _report(args)
+    if args.command == "settings":
+        return _settings()
 
     home = prepare_dagster_home()
     if args.command == "dev":
-        from iimed_assets.resources.alerts import AlertWebhook
+        from iimed_assets.resources.defaults import alerts_from_env
 
-        problem = AlertWebhook().problem()  # validated when configured: a bad URL would lose every alert
+        problem = alerts_from_env().problem()  # validated when configured: a bad URL would lose every alert
         if problem:
             print(f"iimed-assets dev: {problem}. Fix it (https://hooks.example/...) or unset it.", file=sys.stderr)
             return 2
@@ -188,9 +192,18 @@ def _plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _settings() -> int:
+    """`iimed-assets settings`: the table of settings.py with the values set in this shell."""
+    from iimed_assets import settings
+    from iimed_assets.core.markdown import markdown_table
+
+    print(markdown_table(["variable", "now", "default", "used by", "what"], settings.table(), 90))
+    return 0
+
+
 def _sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`iimed-assets sources [--probe [--rows N] [--mode hub|sample]] [SOURCE...]`."""
-    from iimed_assets.resources.catalog import SourceCatalog
+    from iimed_assets.resources.defaults import catalog_from_env
     from iimed_assets.sources.registry import BY_NAME, SOURCES
 
     unknown = [n for n in args.names if n not in BY_NAME]
@@ -198,14 +211,14 @@ def _sources(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"unknown source(s) {unknown}; known: {', '.join(sorted(BY_NAME))}")
     specs = [s for s in SOURCES if not args.names or s.name in args.names]
     if not args.probe:
-        catalog = SourceCatalog(mode=args.mode)
+        catalog = catalog_from_env(mode=args.mode)
         for spec in specs:
             print(f"{spec.section:17} {spec.name:32} {catalog.origin(spec.name)}")
         return 0
 
     from iimed_assets.sources.probe import probe_source
 
-    catalog = SourceCatalog(mode=args.mode or "hub")
+    catalog = catalog_from_env(mode=args.mode or "hub")
     failed = 0
     for spec in specs:
         result = probe_source(spec, lambda: catalog.read(spec.name), origin=catalog.origin(spec.name),
@@ -225,9 +238,10 @@ def _report(args: argparse.Namespace) -> int:
     from iimed_assets.assets.cleaning.funnel import current_funnel
     from iimed_assets.core import funnel, report, runs
     from iimed_assets.core.card import CardInputs, stage_lines
+    from iimed_assets.resources.defaults import warehouse_from_env
     from iimed_assets.resources.warehouse import Warehouse
 
-    warehouse = Warehouse(path=args.warehouse) if args.warehouse else Warehouse()
+    warehouse = Warehouse(path=args.warehouse) if args.warehouse else warehouse_from_env()
     if not warehouse.database.exists():
         print(f"no warehouse at {warehouse.database}: materialize first (iimed-assets materialize), or pass "
               "--warehouse", file=sys.stderr)

@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from iimed_assets import settings
 from iimed_assets.core.llm import ChatRequest, cache_key
 from iimed_assets.core.spend import CharsPerToken, ExpectedOutput, Prices, RunPlan, StagePlan, StageWork, Throughput
 from iimed_assets.profiles import Profile
@@ -180,7 +181,7 @@ class Planner:
         if role.backend == "openai_batch":
             return Throughput(0.0, f"Batch API: up to the {BATCH_WINDOW_HOURS:g} h completion window per round "
                                    "(the ceiling)", fixed_hours=BATCH_WINDOW_HOURS)
-        stated = self.env.get(f"IIMED_{role_name.upper()}_TOKENS_PER_S")
+        stated = settings.value(f"IIMED_{role_name.upper()}_TOKENS_PER_S", self.env)
         if stated:
             return Throughput(float(stated), f"stated: IIMED_{role_name.upper()}_TOKENS_PER_S={stated} output tokens/s")
         if self.measured_throughput:

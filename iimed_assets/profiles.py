@@ -17,7 +17,6 @@ Pure Python: no Dagster import.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
@@ -146,5 +145,6 @@ def profile_named(name: str) -> Profile:
 
 def active_profile(env: Mapping[str, str] | None = None) -> Profile:
     """The profile in force: $IIMED_PROFILE (default laptop)."""
-    env = os.environ if env is None else env
-    return profile_named(env.get(ENV_PROFILE) or DEFAULT_PROFILE)
+    from iimed_assets import settings
+
+    return profile_named(settings.value(ENV_PROFILE, env) or DEFAULT_PROFILE)

@@ -8,12 +8,13 @@ Only an http(s) URL with a host counts.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
+
+from iimed_assets import settings
 
 ENV_REPOSITORY_URL = "IIMED_REPOSITORY_URL"
 PACKAGE = "iimed_assets"
@@ -89,12 +90,11 @@ class BuildInfo:
 
 
 def build_info(env: dict[str, str] | None = None) -> BuildInfo:
-    env = dict(os.environ) if env is None else env
     try:
         md: metadata.PackageMetadata | None = metadata.metadata(PACKAGE)
         version = md["Version"]
     except metadata.PackageNotFoundError:
         md, version = None, "unknown"
-    url = valid_url(env.get(ENV_REPOSITORY_URL)) or url_from_metadata(md)
+    url = valid_url(settings.value(ENV_REPOSITORY_URL, env)) or url_from_metadata(md)
     commit, dirty = git_commit()
     return BuildInfo(PACKAGE, version, url, commit, dirty)

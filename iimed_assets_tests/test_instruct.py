@@ -232,3 +232,18 @@ def test_failed_and_truncated_generations_go_to_the_ledger(warehouse_path):
     share = checks["llm_failure_share"]
     assert not share.passed and share.severity == dg.AssetCheckSeverity.WARN
     assert share.metadata["failed_samples"].value == 1 and share.metadata["empty_samples"].value == 1
+
+
+def test_the_judge_grades_the_final_answer_not_the_reasoning():
+    from iimed_assets.assets.instruct import InstructJudgedConfig, judge_request
+
+    response = "<think>\nLong private reasoning about statins and LDL.\n</think>\n\nStart a high-intensity statin."
+    answer_only = judge_request("What next?", "Statin therapy.", response, True, InstructJudgedConfig())
+    user = answer_only.messages[-1][1]
+    assert "Start a high-intensity statin." in user and "private reasoning" not in user
+    full = judge_request("What next?", "Statin therapy.", response, True, InstructJudgedConfig(judge_sees="full"))
+    assert "private reasoning" in full.messages[-1][1]
+    cut_off = judge_request("What next?", "Statin therapy.", "<think>never closed", True, InstructJudgedConfig())
+    assert "never closed" not in cut_off.messages[-1][1]  # no answer to grade: the judge sees none
+    with pytest.raises(ValueError, match="judge_sees"):
+        judge_request("q", "r", "a", True, InstructJudgedConfig(judge_sees="reasoning"))

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from iimed_assets.core.llm import ChatRequest, Completion, OutputSpec, cache_key, parse_json_answer, strip_think
-from iimed_assets.profiles import CARD, LAPTOP, Role
+from iimed_assets.profiles import CARD, LAPTOP
 from iimed_assets.resources.llm import (
     EmbeddingClassifier,
     LlamaCppLLM,

@@ -15,7 +15,7 @@ from iimed_assets.core.alerts import check_failure, slack_payload
 from iimed_assets.definitions import defs
 from iimed_assets.resources.alerts import ENV_WEBHOOK_URL, AlertWebhook
 from iimed_assets.resources.catalog import SourceCatalog
-from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.resources.defaults import catalog_from_env, warehouse_from_env
 from iimed_assets.sensors import evaluate_alerts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def _eval_items():
 
 def _materialize(instance, catalog: SourceCatalog) -> dg.ExecuteInProcessResult:
     return dg.materialize([_eval_items()], partition_key=PARTITION, instance=instance, raise_on_error=False,
-                          resources={"warehouse": Warehouse(), "catalog": catalog})
+                          resources={"warehouse": warehouse_from_env(), "catalog": catalog})
 
 
 class Ticker:
@@ -98,7 +98,7 @@ def test_alerts_once_per_failed_check_and_run(warehouse_path, monkeypatch, tmp_p
         ticker = Ticker(instance)
         assert "started" in ticker.tick()
 
-        ok = _materialize(instance, SourceCatalog())
+        ok = _materialize(instance, catalog_from_env())
         assert ok.success and all(e.passed for e in ok.get_asset_check_evaluations())
         assert "0 alerts posted" in ticker.tick()  # passing checks alert nothing
         assert receiver.bodies == []

@@ -10,7 +10,7 @@ import pytest
 
 from iimed_assets.core import clustering, domains
 from iimed_assets.core.domains import UNKNOWN, classification_messages, majority_vote, parse_domain
-
+from iimed_assets.resources.defaults import catalog_from_env, warehouse_from_env
 from iimed_assets.sources.loaders import SAMPLE_DIR
 
 from .conftest import logged_checks
@@ -199,11 +199,9 @@ def _scripted_classifier(call):
 def _section3(warehouse_path, llm, partition="synthetic_1", domain_config=None):
     from iimed_assets.assets.r1 import r1_cluster_domains, r1_clusters, r1_medical_traces, r1_prompt_embeddings
     from iimed_assets.assets.sources import r1_trace_rows
-    from iimed_assets.resources.catalog import SourceCatalog
     from iimed_assets.resources.embedder import Embedder
-    from iimed_assets.resources.warehouse import Warehouse
 
-    resources = {"warehouse": Warehouse(), "catalog": SourceCatalog(), "embedder": Embedder(), "classifier": llm}
+    resources = {"warehouse": warehouse_from_env(), "catalog": catalog_from_env(), "embedder": Embedder(), "classifier": llm}
     results = {}
     with dg.instance_for_test() as instance:
         for asset, key in [(r1_trace_rows, partition), (r1_prompt_embeddings, partition), (r1_clusters, None),
@@ -216,7 +214,7 @@ def _section3(warehouse_path, llm, partition="synthetic_1", domain_config=None):
             for check in result.get_asset_check_evaluations():
                 assert check.passed or check.severity == dg.AssetCheckSeverity.WARN, (check.check_name, check.metadata)
             results[asset.key.to_user_string()] = result
-    return Warehouse(), results
+    return warehouse_from_env(), results
 
 
 def test_domain_filter_assets_keep_medical_clusters(warehouse_path):
@@ -259,7 +257,6 @@ def test_every_cluster_labelled_check_fails_when_a_cluster_has_no_votes(warehous
     """The check is real: a cluster whose nearest prompts vanished from r1_trace_rows gets no label."""
     from iimed_assets.assets.r1 import r1_cluster_domains
     from iimed_assets.resources.llm import OpenAICompatibleLLM
-    from iimed_assets.resources.warehouse import Warehouse
     from iimed_assets.testing.openai_loopback import LoopbackOpenAI
 
     with LoopbackOpenAI(script=_scripted_classifier) as server:
@@ -269,7 +266,7 @@ def test_every_cluster_labelled_check_fails_when_a_cluster_has_no_votes(warehous
         with warehouse.connect() as con:
             con.execute("DELETE FROM r1_trace_rows WHERE id IN (SELECT id FROM r1_clusters WHERE cluster_id = 0)")
         with dg.instance_for_test() as instance:
-            result = dg.materialize([r1_cluster_domains], resources={"warehouse": Warehouse(), "classifier": llm},
+            result = dg.materialize([r1_cluster_domains], resources={"warehouse": warehouse_from_env(), "classifier": llm},
                                     raise_on_error=False, instance=instance)
             check = logged_checks(instance, result.run_id)["every_cluster_labelled"]
     assert not result.success and not check.passed and check.metadata["unlabelled_clusters"].value == 1

@@ -15,6 +15,7 @@ import pytest
 
 from iimed_assets.core.schema import Reason
 from iimed_assets.resources.catalog import SourceCatalog
+from iimed_assets.resources.defaults import catalog_from_env, warehouse_from_env
 from iimed_assets.resources.warehouse import Warehouse
 from iimed_assets.sources.ingest import ingest
 from iimed_assets.sources.loaders import iter_local
@@ -188,16 +189,17 @@ def test_failed_source_rerun_keeps_the_partition_exactly(warehouse_path, tmp_pat
     first.write_text("\n".join(good + ['{"instruction": "x", "input": "", "output": "y"}', "{broken"]) + "\n")
     second = tmp_path / "second.jsonl"
     second.write_text("" if second_input == "empty" else "{broken\n" + '{"input": NaN, "output": "y"}\n')
-    resources = {"warehouse": Warehouse(path=str(warehouse_path)), "catalog": SourceCatalog()}
+    def resources() -> dict:  # the catalog takes IIMED_SOURCE_* when it is built, as the definitions do
+        return {"warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog_from_env()}
 
     monkeypatch.setenv("IIMED_SOURCE_HEALTHCAREMAGIC", str(first))
-    assert dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources).success
+    assert dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources()).success
     before = _snapshot(warehouse_path, "instruct_prompt_rows", "healthcaremagic")
     assert len(before[0]) == 20 and len(before[1]) == 2
 
     monkeypatch.setenv("IIMED_SOURCE_HEALTHCAREMAGIC", str(second))
     with dg.instance_for_test() as instance:
-        result = dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources,
+        result = dg.materialize([instruct_prompt_rows], partition_key="healthcaremagic", resources=resources(),
                                 raise_on_error=False, instance=instance)
         failed = {name for name, e in logged_checks(instance, result.run_id).items() if not e.passed}
     assert not result.success
@@ -289,7 +291,6 @@ def test_malformed_webhook_url_reaches_no_log_and_no_instance_database(tmp_path,
     malformed URL. The alert waits (not lost), and no file of the instance, no daemon log line and no output
     holds the secret."""
     import logging
-    import os
     import time
 
     from dagster._core.test_utils import create_test_daemon_workspace_context, freeze_time
@@ -320,7 +321,7 @@ def test_malformed_webhook_url_reaches_no_log_and_no_instance_database(tmp_path,
                 if k == 0:
                     run = dg.materialize([eval_items], partition_key="medicationqa", instance=instance,
                                          raise_on_error=False, resources={
-                                             "warehouse": Warehouse(), "catalog": SourceCatalog(
+                                             "warehouse": warehouse_from_env(), "catalog": SourceCatalog(
                                                  row_bounds={"medicationqa": [10**9, 10**10]})})
                     assert not run.success
             state = next(iter(instance.all_instigator_state()))
@@ -621,7 +622,7 @@ def test_server_dying_mid_stage_fails_the_failure_share_check_and_alerts(warehou
     hcm.write_text("\n".join(json.dumps({**json.loads(lines[i % len(lines)]), "input": f"{i}: " +
                                           json.loads(lines[i % len(lines)])["input"]}) for i in range(150)) + "\n")
     monkeypatch.setenv("IIMED_SOURCE_HEALTHCAREMAGIC", str(hcm))
-    resources = {"warehouse": Warehouse(path=str(warehouse_path)), "catalog": SourceCatalog()}
+    resources = {"warehouse": Warehouse(path=str(warehouse_path)), "catalog": catalog_from_env()}
     alerts: list[dict] = []
     with LoopbackOpenAI() as healthy, LoopbackOpenAI(
             script=lambda call: Reply.error(503) if call.number > 80 else None) as dying, \

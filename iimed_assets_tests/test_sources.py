@@ -12,6 +12,7 @@ import pytest
 
 from iimed_assets.core.normalize import FieldMap
 from iimed_assets.resources.catalog import SourceCatalog
+from iimed_assets.resources.defaults import catalog_from_env
 from iimed_assets.sources.ingest import FieldMappingError, ingest
 from iimed_assets.sources.loaders import SAMPLE_DIR, SourceUnavailable, iter_jsonl, iter_local, iter_sample
 from iimed_assets.sources.registry import SOURCES, get_source, sources_in
@@ -143,16 +144,25 @@ def test_jsonl_window(tmp_path):
 
 
 def test_catalog_precedence(monkeypatch, tmp_path):
+    """Precedence: a local file for one source, then the hub mirror, then the hub, then the bundled sample. The
+    environment is read where the definitions build the catalog, so each step builds it again."""
     monkeypatch.delenv("IIMED_SOURCE_MODE", raising=False)
-    cat = SourceCatalog()
+    monkeypatch.delenv("IIMED_HUB_MIRROR", raising=False)
+    monkeypatch.delenv("IIMED_SOURCE_MEDQA", raising=False)
+    cat = catalog_from_env()
     assert cat.resolved_mode() == "sample" and cat.origin("medqa").startswith("sample:")
     monkeypatch.setenv("IIMED_SOURCE_MODE", "hub")
+    assert cat.origin("medqa").startswith("sample:")  # a built catalog keeps its config
+    cat = catalog_from_env()
     assert cat.origin("medqa") == "hub:fzkuji/MedQA [med_qa_en_source] split=train"
     assert cat.origin("apollo_patient_qa") == "hub:FreedomIntelligence/ApolloCorpus files=train/sft/medicalPatient_en.json"
     monkeypatch.setenv("IIMED_HUB_MIRROR", str(tmp_path / "mirror"))
+    cat = catalog_from_env()
     assert cat.origin("medqa") == f"hub-mirror:{tmp_path / 'mirror' / 'fzkuji/MedQA'} [med_qa_en_source] split=train"
     monkeypatch.setenv("IIMED_SOURCE_MEDQA", str(tmp_path / "medqa.parquet"))
+    cat = catalog_from_env()
     assert cat.origin("medqa") == f"local:{tmp_path / 'medqa.parquet'}"
+    assert cat.origin("medmcqa").startswith("hub-mirror:")  # the override is for one source only
     assert SourceCatalog(overrides={"medqa": "/x.jsonl"}).origin("medqa") == "local:/x.jsonl"
     with pytest.raises(ValueError):
         SourceCatalog(mode="cloud").resolved_mode()
@@ -161,8 +171,8 @@ def test_catalog_precedence(monkeypatch, tmp_path):
 def test_catalog_bounds(monkeypatch):
     monkeypatch.delenv("IIMED_SOURCE_MODE", raising=False)
     monkeypatch.delenv("IIMED_SOURCE_MAX_ROWS", raising=False)
-    assert SourceCatalog().bounds(get_source("medqa")) == (1, None)
-    assert SourceCatalog().bounds(get_source("gpqa_diamond")) == (0, None)
+    assert catalog_from_env().bounds(get_source("medqa")) == (1, None)
+    assert catalog_from_env().bounds(get_source("gpqa_diamond")) == (0, None)
     # hub: the real size within the entry's tolerance (1,273 +- 1%)
     assert SourceCatalog(mode="hub").bounds(get_source("medqa_usmle_4opt")) == (1260, 1286)
     assert SourceCatalog(mode="hub").bounds(get_source("evol_instruct_medical")) == (1, None)  # size unknown
@@ -173,7 +183,7 @@ def test_catalog_bounds(monkeypatch):
 def test_hub_source_without_hub_copy_says_how_to_fix(monkeypatch):
     monkeypatch.setenv("IIMED_SOURCE_MODE", "hub")
     with pytest.raises(SourceUnavailable, match="IIMED_SOURCE_EVOL_INSTRUCT_MEDICAL"):
-        list(SourceCatalog().read("evol_instruct_medical"))
+        list(catalog_from_env().read("evol_instruct_medical"))
 
 
 def test_known_overlap_rows_are_in_the_sample():

@@ -27,7 +27,7 @@ from iimed_assets.assets.common import (
 )
 from iimed_assets.assets.stage_records import record_stage_run
 from iimed_assets.core.judge import judge_messages, parse_score, score_spec
-from iimed_assets.core.llm import ChatRequest, Completion, UsageStats
+from iimed_assets.core.llm import ChatRequest, Completion, UsageStats, strip_think
 from iimed_assets.core.schema import MESSAGE_TYPE
 from iimed_assets.partitions import instruct_partitions
 from iimed_assets.profiles import active_profile
@@ -81,6 +81,10 @@ class InstructJudgedConfig(checks.LLMFailureBounds):
     rationale_chars: int = Field(default=PROFILE.judge_rationale_chars,
                                  description="structured scores: a rationale of at most this many characters "
                                              "before the score (0: the score only)")
+    judge_sees: str = Field(default="answer", description="answer: the judge grades the response's final answer "
+                                                          "(its <think> reasoning left out, as section 2's verifier "
+                                                          "does; most of a reasoning model's tokens); full: the "
+                                                          "whole response")
     pass_rate_min: float = Field(default=0.05, description="WARN below this share kept")
     pass_rate_max: float = Field(default=0.95, description="WARN above this share kept")
     batch_rows: int = 64
@@ -102,6 +106,10 @@ def response_request(messages: list[dict], config: InstructResponsesConfig) -> C
 def judge_request(prompt: str, gold: str | None, answer: str, structured: bool, config: InstructJudgedConfig,
                   seed: int = 0) -> ChatRequest:
     """The judge's request for one response (instruct_judged sends it; the spend plan counts it)."""
+    if config.judge_sees not in ("answer", "full"):
+        raise ValueError(f"judge_sees {config.judge_sees!r} is not answer or full")
+    if config.judge_sees == "answer":
+        answer = strip_think(answer) or ""  # a think block that never closed has no answer to grade
     return ChatRequest.of(judge_messages(prompt, gold or "", answer, structured, config.rationale_chars), n=1,
                           temperature=0.0, max_tokens=config.max_tokens, seed=seed,
                           output=score_spec(config.rationale_chars) if structured else None)

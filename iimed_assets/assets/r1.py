@@ -182,13 +182,8 @@ class ClusterConfig(dg.Config):
 def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     """K-means over every R1 prompt embedding: per row its cluster and squared L2 distance to the centroid;
     centroids (with sizes) in the side table r1_centroids."""
-    arrow = None
-    if warehouse.table_exists("r1_prompt_embeddings"):
-        with warehouse.connect() as con:
-            arrow = con.execute("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table()
-    n = arrow.num_rows if arrow is not None else 0
-    dim = arrow.schema.field("embedding").type.list_size if n else 384
-    x = _vectors(arrow.column("embedding"), dim) if n else np.zeros((0, dim), np.float32)
+    arrow, x = _read_embeddings(warehouse)
+    n = len(x)
     k = clustering.choose_k(n, config.k, config.prompts_per_cluster)
     backend = clustering.select_backend(config.backend)
     method = ("flat" if backend.kind == "torch" else clustering.choose_method(n, k, config.method)) if n else "none"
@@ -201,62 +196,86 @@ def r1_clusters(context: dg.AssetExecutionContext, config: ClusterConfig, wareho
     if result.method == "two_level" and config.compare_subset:
         comparison = _compare_with_flat(x, result, config, backend)
         context.log.info(f"r1_clusters: two-level vs flat on a {comparison['rows']:,}-row subset: {comparison}")
-    sizes = result.sizes() if n else np.zeros(0, np.int64)
     with warehouse.staging_folder("r1_clusters") as tmp:
-        rows_path = _write_parquet(tmp / "rows.parquet", pa.table({
-            "source": arrow.column("source") if n else pa.array([], pa.string()),
-            "id": arrow.column("id") if n else pa.array([], pa.string()),
-            "cluster_id": pa.array(result.assignment.astype(np.int32)),
-            "distance": pa.array(result.distance.astype(np.float32)),
-        }))
-        cent_path = _write_parquet(tmp / "centroids.parquet", pa.table({
-            "cluster_id": pa.array(np.arange(result.k, dtype=np.int32)),
-            "size": pa.array(sizes.astype(np.int64)),
-            "centroid": pa.FixedSizeListArray.from_arrays(pa.array(result.centroids.reshape(-1), pa.float32()), dim),
-        }))
-        results = swap_checked(context, warehouse, Swap(
-            "r1_clusters", Select("r1_clusters", "SELECT * FROM read_parquet(?)", [str(rows_path)]),
-            side_tables=[Select("r1_centroids", f"SELECT cluster_id, size, centroid::FLOAT[{dim}] AS centroid "
-                                                "FROM read_parquet(?)", [str(cent_path)])]),
-            lambda staged: [_clustered_check(warehouse, staged.table, n, result.k)])
-    params = {"k": result.k, "k_rule": f"configured {config.k}" if config.k else
-              f"round(n / {config.prompts_per_cluster})", "method": result.method, "niter": config.niter,
-              "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID,
-              "backend": backend.name,
-              **({"fine_niter": config.fine_niter, "nprobe": config.nprobe, "refine": config.refine}
-                 if result.method == "two_level" else {})}
+        results = swap_checked(context, warehouse, _cluster_swap(tmp, arrow, result, x.shape[1]),
+                               lambda staged: [_clustered_check(warehouse, staged.table, n, result.k)])
+    params = _cluster_settings(config, result, backend)
     record_stage_run(context, warehouse, settings=params,
                      stats={"rows": n, "objective": round(result.objective, 6), "kmeans_s": round(result.seconds, 2),
                             **({"flat_comparison": comparison} if comparison else {})})
     stored = warehouse.fetch_one("SELECT count(*) FROM r1_clusters")[0] if n else 0
-    buckets = _size_buckets(sizes)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": int(stored),
-            "dagster/column_schema": dg.TableSchema(columns=[
-                dg.TableColumn("source", "VARCHAR"), dg.TableColumn("id", "VARCHAR"),
-                dg.TableColumn("cluster_id", "INTEGER"),
-                dg.TableColumn("distance", "FLOAT", description="squared L2 to the centroid (2 - 2 cos)")]),
-            "k": result.k,
-            "k_rule": params["k_rule"],
-            "method": result.method,
+    return dg.MaterializeResult(metadata=_cluster_metadata(int(stored), result, params, backend, comparison),
+                                check_results=results)
+
+
+def _read_embeddings(warehouse: Warehouse) -> tuple[pa.Table | None, np.ndarray]:
+    """(source, id, embedding) of every embedded R1 prompt in a stable order, and the vectors as float32."""
+    if not warehouse.table_exists("r1_prompt_embeddings"):
+        return None, np.zeros((0, 384), np.float32)
+    with warehouse.connect() as con:
+        arrow = con.execute("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table()
+    dim = arrow.schema.field("embedding").type.list_size
+    return arrow, _vectors(arrow.column("embedding"), dim) if arrow.num_rows else np.zeros((0, dim), np.float32)
+
+
+def _cluster_swap(tmp: Path, arrow: pa.Table | None, result: clustering.KMeansResult, dim: int) -> Swap:
+    """Stage every row's cluster and the centroids (with sizes) as Parquet; the swap of r1_clusters + r1_centroids."""
+    n = len(result.assignment)
+    rows_path = _write_parquet(tmp / "rows.parquet", pa.table({
+        "source": arrow.column("source") if n else pa.array([], pa.string()),
+        "id": arrow.column("id") if n else pa.array([], pa.string()),
+        "cluster_id": pa.array(result.assignment.astype(np.int32)),
+        "distance": pa.array(result.distance.astype(np.float32)),
+    }))
+    cent_path = _write_parquet(tmp / "centroids.parquet", pa.table({
+        "cluster_id": pa.array(np.arange(result.k, dtype=np.int32)),
+        "size": pa.array((result.sizes() if n else np.zeros(0, np.int64)).astype(np.int64)),
+        "centroid": pa.FixedSizeListArray.from_arrays(pa.array(result.centroids.reshape(-1), pa.float32()), dim),
+    }))
+    return Swap("r1_clusters", Select("r1_clusters", "SELECT * FROM read_parquet(?)", [str(rows_path)]),
+                side_tables=[Select("r1_centroids", f"SELECT cluster_id, size, centroid::FLOAT[{dim}] AS centroid "
+                                                    "FROM read_parquet(?)", [str(cent_path)])])
+
+
+def _cluster_settings(config: ClusterConfig, result: clustering.KMeansResult,
+                      backend: clustering.KMeansBackend) -> dict:
+    """What decided the clusters (stage_runs)."""
+    return {"k": result.k, "k_rule": f"configured {config.k}" if config.k else
+            f"round(n / {config.prompts_per_cluster})", "method": result.method, "niter": config.niter,
+            "seed": config.seed, "max_points_per_centroid": clustering.MAX_POINTS_PER_CENTROID,
             "backend": backend.name,
-            **({"score_dtype": result.details["score_dtype"]} if "score_dtype" in result.details else {}),
-            "objective_mean_sq_distance": round(result.objective, 6),
-            "train_points": result.train_points,
-            "seconds": round(result.seconds, 2),
-            **({"coarse_k": result.coarse_k} if result.coarse_k else {}),
-            **({"two_level": dg.MetadataValue.json(result.details)} if result.details else {}),
-            **({"two_level_vs_flat": dg.MetadataValue.json(comparison)} if comparison else {}),
-            "cluster_size_min": int(sizes.min()) if len(sizes) else 0,
-            "cluster_size_median": float(np.median(sizes)) if len(sizes) else 0.0,
-            "cluster_size_max": int(sizes.max()) if len(sizes) else 0,
-            "cluster_sizes": dg.MetadataValue.md(
-                histogram_markdown(buckets, "cluster size") + "\n\n" +
-                (histogram_png_markdown(buckets, "clusters by size", "prompts in cluster") if buckets else "")),
-        },
-        check_results=results,
-    )
+            **({"fine_niter": config.fine_niter, "nprobe": config.nprobe, "refine": config.refine}
+               if result.method == "two_level" else {})}
+
+
+def _cluster_metadata(stored: int, result: clustering.KMeansResult, params: dict, backend: clustering.KMeansBackend,
+                      comparison: dict) -> dict:
+    sizes = result.sizes() if len(result.assignment) else np.zeros(0, np.int64)
+    buckets = _size_buckets(sizes)
+    return {
+        "dagster/row_count": stored,
+        "dagster/column_schema": dg.TableSchema(columns=[
+            dg.TableColumn("source", "VARCHAR"), dg.TableColumn("id", "VARCHAR"),
+            dg.TableColumn("cluster_id", "INTEGER"),
+            dg.TableColumn("distance", "FLOAT", description="squared L2 to the centroid (2 - 2 cos)")]),
+        "k": result.k,
+        "k_rule": params["k_rule"],
+        "method": result.method,
+        "backend": backend.name,
+        **({"score_dtype": result.details["score_dtype"]} if "score_dtype" in result.details else {}),
+        "objective_mean_sq_distance": round(result.objective, 6),
+        "train_points": result.train_points,
+        "seconds": round(result.seconds, 2),
+        **({"coarse_k": result.coarse_k} if result.coarse_k else {}),
+        **({"kmeans_details": dg.MetadataValue.json(result.details)} if result.details else {}),
+        **({"two_level_vs_flat": dg.MetadataValue.json(comparison)} if comparison else {}),
+        "cluster_size_min": int(sizes.min()) if len(sizes) else 0,
+        "cluster_size_median": float(np.median(sizes)) if len(sizes) else 0.0,
+        "cluster_size_max": int(sizes.max()) if len(sizes) else 0,
+        "cluster_sizes": dg.MetadataValue.md(
+            histogram_markdown(buckets, "cluster size") + "\n\n" +
+            (histogram_png_markdown(buckets, "clusters by size", "prompts in cluster") if buckets else "")),
+    }
 
 
 def _clustered_check(warehouse: Warehouse, table: str, n: int, k: int) -> dg.AssetCheckResult:

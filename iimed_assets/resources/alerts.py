@@ -20,7 +20,6 @@ from pydantic import Field
 from iimed_assets.core.alerts import scrub, webhook_url_problem
 
 ENV_WEBHOOK_URL = "IIMED_ALERT_WEBHOOK_URL"
-ENV_UI_URL = "IIMED_UI_URL"
 
 
 class AlertDeliveryError(RuntimeError):
@@ -29,8 +28,8 @@ class AlertDeliveryError(RuntimeError):
 
 class AlertWebhook(dg.ConfigurableResource):
     url_env: str = Field(default=ENV_WEBHOOK_URL, description="env var holding the webhook URL (a secret)")
-    ui_url_env: str = Field(default=ENV_UI_URL, description="env var with the Dagster UI base URL for links")
-    default_ui_url: str = Field(default="http://127.0.0.1:3000", description="UI base URL when the env var is unset")
+    ui_url_base: str = Field(default="http://127.0.0.1:3000", description="the Dagster UI's base URL, for links "
+                                                                          "($IIMED_UI_URL)")
     timeout_s: float = Field(default=10.0, description="HTTP timeout per alert")
 
     def configured(self) -> bool:
@@ -50,7 +49,7 @@ class AlertWebhook(dg.ConfigurableResource):
         return scrub(text, self._url())
 
     def ui_url(self) -> str:
-        return os.environ.get(self.ui_url_env, "").strip() or self.default_ui_url
+        return self.ui_url_base
 
     def post(self, payload: dict) -> None:
         """POST one alert. Raises AlertDeliveryError (its message scrubbed of the URL, nothing chained) when the

@@ -3,7 +3,6 @@ tree), or a local file in the source's hub layout."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -14,30 +13,27 @@ from iimed_assets.sources.loaders import DEFAULT_MAX_ROW_BYTES, RawItem, iter_hu
 from iimed_assets.sources.registry import SourceSpec, get_source
 
 MODES = ("sample", "hub")
-ENV_MODE = "IIMED_SOURCE_MODE"
-ENV_MAX_ROWS = "IIMED_SOURCE_MAX_ROWS"
-ENV_HUB_MIRROR = "IIMED_HUB_MIRROR"
-
-
-def override_env_var(source: str) -> str:
-    return f"IIMED_SOURCE_{source.upper()}"
 
 
 class SourceCatalog(dg.ConfigurableResource):
     """Resolves every registry source to a reader.
 
-    Precedence for one source: `overrides[name]` > `$IIMED_SOURCE_<NAME>` (a local JSONL/JSON/Parquet file
-    or folder in the source's hub layout) > `mode` (`$IIMED_SOURCE_MODE`, default `sample`). In hub mode,
-    `hub_mirror` (`$IIMED_HUB_MIRROR`) is a folder holding `<owner>/<name>/` copies of the hub repos' file
-    trees (e.g. from `huggingface-cli download --repo-type dataset --local-dir`): every source is then read
-    from there, offline, through the same `datasets.load_dataset` calls as the hub.
+    Precedence for one source: `overrides[name]` (a local JSONL/JSON/Parquet file or folder in the source's hub
+    layout) > `mode` (default `sample`). In hub mode, `hub_mirror` is a folder holding `<owner>/<name>/` copies of
+    the hub repos' file trees (e.g. from `huggingface-cli download --repo-type dataset --local-dir`): every source
+    is then read from there, offline, through the same `datasets.load_dataset` calls as the hub. The code location
+    fills these from $IIMED_SOURCE_MODE, $IIMED_SOURCE_<NAME>, $IIMED_HUB_MIRROR and $IIMED_SOURCE_MAX_ROWS
+    (resources/defaults.py, settings.py).
     """
 
-    mode: str | None = Field(default=None, description="sample | hub; default $IIMED_SOURCE_MODE or sample")
-    hub_mirror: str | None = Field(default=None, description="folder of <owner>/<name> hub repo copies; "
-                                                             "default $IIMED_HUB_MIRROR")
-    overrides: dict[str, str] = Field(default_factory=dict, description="source name -> local file or folder")
-    max_rows: int | None = Field(default=None, description="read at most this many rows per source (smoke runs)")
+    mode: str | None = Field(default=None, description="sample | hub (None: sample); the code location sets "
+                                                       "$IIMED_SOURCE_MODE")
+    hub_mirror: str | None = Field(default=None, description="folder of <owner>/<name> hub repo copies "
+                                                             "($IIMED_HUB_MIRROR)")
+    overrides: dict[str, str] = Field(default_factory=dict, description="source name -> local file or folder in the "
+                                                                        "hub layout ($IIMED_SOURCE_<NAME>)")
+    max_rows: int | None = Field(default=None, description="read at most this many rows per source (smoke runs; "
+                                                           "$IIMED_SOURCE_MAX_ROWS)")
     max_row_bytes: int = Field(default=DEFAULT_MAX_ROW_BYTES, description="longer JSONL lines are ledgered as oversize")
     row_bounds: dict[str, list[int]] = Field(
         default_factory=dict, description="source name -> [min, max] rows expected in the partition")
@@ -47,23 +43,20 @@ class SourceCatalog(dg.ConfigurableResource):
     batch_rows: int = Field(default=5000, description="rows per staged Parquet batch")
 
     def resolved_mode(self) -> str:
-        mode = (self.mode or os.environ.get(ENV_MODE) or "sample").strip().lower()
+        mode = (self.mode or "sample").strip().lower()
         if mode not in MODES:
             raise ValueError(f"source mode {mode!r} is not one of {MODES}")
         return mode
 
     def resolved_max_rows(self) -> int | None:
-        if self.max_rows is not None:
-            return self.max_rows
-        env = os.environ.get(ENV_MAX_ROWS)
-        return int(env) if env else None
+        return self.max_rows
 
     def local_override(self, name: str) -> Path | None:
-        path = self.overrides.get(name) or os.environ.get(override_env_var(name))
+        path = self.overrides.get(name)
         return Path(path).expanduser() if path else None
 
     def resolved_hub_mirror(self) -> Path | None:
-        path = self.hub_mirror or os.environ.get(ENV_HUB_MIRROR)
+        path = self.hub_mirror
         return Path(path).expanduser() if path else None
 
     def hub_layout(self, name: str) -> bool:

@@ -18,7 +18,6 @@ from pydantic import Field
 
 from iimed_assets.core import embedding
 
-ENV_MODEL = "IIMED_EMBED_MODEL"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _MODELS: dict[tuple[str, str, str], object] = {}
 _LOCK = threading.Lock()
@@ -42,7 +41,7 @@ class Embedder(dg.ConfigurableResource):
                                                                    "pass; default 2 on CUDA, 0 (inline) on CPU")
 
     def resolved_model_path(self) -> str:
-        return self.model_path or os.environ.get(ENV_MODEL) or default_model_path()
+        return self.model_path or default_model_path()
 
     def resolved_device(self) -> str:
         if self.device:
@@ -61,7 +60,7 @@ class Embedder(dg.ConfigurableResource):
     @property
     def model_id(self) -> str:
         path = self.resolved_model_path()
-        if not (self.model_path or os.environ.get(ENV_MODEL)):
+        if not self.model_path:
             return "all-MiniLM-L6-v2"  # the packaged copy's folder is just "model"
         return os.path.basename(path.rstrip("/")) or path
 

@@ -41,16 +41,13 @@ from iimed_assets.core.schema import (
 )
 
 LEDGER_TABLE = "row_ledger"
+DEFAULT_MEMORY_LIMIT = "2GB"
 _OWNER_MARK = "@"  # staging folder names end in @<host>~<pid>~<random>
-ENV_WAREHOUSE = "IIMED_WAREHOUSE"
-ENV_MEMORY = "IIMED_DUCKDB_MEMORY_LIMIT"
 
 
 def default_warehouse_path() -> Path:
-    """`$IIMED_WAREHOUSE`, else `data/warehouse.duckdb` in the project checkout (git-ignored)."""
-    env = os.environ.get(ENV_WAREHOUSE)
-    if env:
-        return Path(env).expanduser()
+    """`data/warehouse.duckdb` in the project checkout (git-ignored), when no path is configured ($IIMED_WAREHOUSE
+    becomes the configured path where the definitions are built: resources/defaults.py)."""
     repo = Path(__file__).resolve().parents[2]
     base = repo if (repo / "pyproject.toml").exists() else Path.cwd()
     return base / "data" / "warehouse.duckdb"
@@ -222,7 +219,7 @@ class Warehouse(dg.ConfigurableResource):
         db = self.database
         db.parent.mkdir(parents=True, exist_ok=True)
         # A bounded buffer pool keeps memory flat as tables grow; DuckDB spills to <db>.tmp beyond it.
-        config: dict[str, Any] = {"memory_limit": self.memory_limit or os.environ.get(ENV_MEMORY, "2GB")}
+        config: dict[str, Any] = {"memory_limit": self.memory_limit or DEFAULT_MEMORY_LIMIT}
         if self.threads:
             config["threads"] = self.threads
         deadline = time.monotonic() + self.lock_timeout_s

@@ -93,10 +93,10 @@ def expect(**shares: float) -> tuple[tuple[str, float], ...]:
 R1_TRACE = expect(reasoning=0.9, response=0.9)
 MCQ = expect(options=0.95, gold=0.95)
 
-# The card's published figures (II-Medical-Reasoning-SFT dataset card, "Dataset Curation"; quoted in
-# /work/research/hub_a.md section 1): the total, the sections that have a count, and per-source prompt
-# counts in `SourceSpec.published_rows`. Sections 1 and 3 have no published count; together they are
-# 2,197,741 - 873,497 - 1,025,903 = 298,341.
+# The card's published figures (II-Medical-Reasoning-SFT dataset card, "Dataset Curation", read at
+# https://huggingface.co/datasets/Intelligent-Internet/II-Medical-Reasoning-SFT/blob/main/README.md):
+# the total, the sections that have a count, and per-source prompt counts in `SourceSpec.published_rows`.
+# Sections 1 and 3 have no published count; together they are 2,197,741 - 873,497 - 1,025,903 = 298,341.
 PUBLISHED_TOTAL = 2_197_741
 PUBLISHED_SECTIONS: dict[str, int | None] = {
     "public_reasoning": None,
@@ -145,8 +145,9 @@ _APOLLO_PAIR = FieldMap(id="pair_id", conversation="messages", gold_answer="answ
 _MEDBULLETS_HUB = FieldMap(id="id", prompt="question", options="options", gold_answer="answer_idx", gold_format="letter")
 _MEDBULLETS_EVIDENCE = ("zou-lab/BioMed-R1-Eval commit fbbbc9c VERIFIED: configs medbullets_op4 / medbullets_op5 -> "
                         "<config>/test-* parquet, 308 rows each; columns id, question, answer, options (a string), "
-                        "answer_idx, dataset_name, ... (research hub_a 9.4). The exact options string format is not "
-                        "quoted anywhere: parsed as JSON / Python literal / 'A. …' lines. Confidence: medium.")
+                        "answer_idx, dataset_name, ... (hub file tree and viewer at that commit). The exact options "
+                        "string format is not quoted anywhere: parsed as JSON / Python literal / 'A. …' lines. "
+                        "Confidence: medium.")
 
 R1 = "r1_medical_traces/"
 

@@ -11,10 +11,10 @@ This is the one place where the roles read the environment; it runs when the def
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Mapping
 
+from iimed_assets import settings
 from iimed_assets.profiles import Role
 from iimed_assets.resources.llm.base import RoleResource
 from iimed_assets.resources.llm.embedding_classifier import EmbeddingClassifier
@@ -32,12 +32,10 @@ def env_prefix(role: str) -> str:
 
 def role_with_env(role: str, spec: Role, env: Mapping[str, str] | None = None) -> Role:
     """The profile's role with every `IIMED_<ROLE>_*` variable that is set applied on top."""
-    env = os.environ if env is None else env
     prefix = env_prefix(role)
 
     def get(key: str) -> str | None:
-        value = env.get(f"{prefix}_{key}")
-        return value if value not in (None, "") else None
+        return settings.value(f"{prefix}_{key}", env)
 
     changes: dict = {}
     for key, field, cast in (("BACKEND", "backend", str.lower), ("MODEL", "model", str), ("BASE_URL", "base_url", str),
@@ -57,7 +55,8 @@ def spend_caps(role: str, env: Mapping[str, str]) -> dict[str, float]:
     """`max_usd_stage` / `max_usd_run` from IIMED_<ROLE>_MAX_USD_STAGE|RUN, else IIMED_MAX_USD_STAGE|RUN."""
     out: dict[str, float] = {}
     for scope in ("STAGE", "RUN"):
-        value = env.get(f"{env_prefix(role)}_MAX_USD_{scope}") or env.get(f"IIMED_MAX_USD_{scope}")
+        value = (settings.value(f"{env_prefix(role)}_MAX_USD_{scope}", env)
+                 or settings.value(f"IIMED_MAX_USD_{scope}", env))
         if value not in (None, ""):
             out[f"max_usd_{scope.lower()}"] = float(value)
     return out
@@ -65,17 +64,16 @@ def spend_caps(role: str, env: Mapping[str, str]) -> dict[str, float]:
 
 def role_resource(role: str, spec: Role, env: Mapping[str, str] | None = None) -> RoleResource:
     """The resource for one role of the profile, environment overrides applied."""
-    env = os.environ if env is None else env
     spec = role_with_env(role, spec, env)
     prefix = env_prefix(role)
     prices = {"usd_per_1m_prompt_tokens": spec.usd_per_1m_prompt,
               "usd_per_1m_completion_tokens": spec.usd_per_1m_completion}
     prices.update(spend_caps(role, env))
-    structured = env.get(f"{prefix}_STRUCTURED_OUTPUTS")
+    structured = settings.value(f"{prefix}_STRUCTURED_OUTPUTS", env)
     llm_common = {**prices, "max_tokens": spec.max_tokens,
                   **({"structured_outputs": structured not in ("0", "false", "no")} if structured else {})}
     if spec.backend == "llamacpp":
-        threads = env.get(f"{prefix}_THREADS")
+        threads = settings.value(f"{prefix}_THREADS", env)
         return LlamaCppLLM(model_path=spec.model, n_threads=int(threads) if threads else None, **llm_common)
     if spec.backend == "openai":
         if not spec.model:
