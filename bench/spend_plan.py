@@ -63,8 +63,9 @@ def main() -> None:
                 return Reply.json({"rationale": "same meaning as the reference", "verdict": "CORRECT"})
             return Reply.json({"rationale": "acceptable against the reference", "score": 9})
 
-        def gen_script(call):
-            return Reply(contents=[f"<think>step by step</think> The answer is \\boxed{{A}}."] * int(call.body["n"]))
+        def gen_script(call):  # distinct samples, as a sampling model writes them (identical ones are sent once)
+            return Reply(contents=[f"<think>step by step</think> The answer is \\boxed{{{'ABCD'[i % 4]}}}."
+                                   for i in range(int(call.body["n"]))])
 
         with LoopbackOpenAI(count_prompt_tokens=tokenizer.count, completion_tokens_per_choice=60,
                             script=gen_script) as gen, \

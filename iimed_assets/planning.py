@@ -37,6 +37,11 @@ STAGE_ROLE = {"qa_samples": "generator", "qa_verified": "judge", "r1_cluster_dom
 STATED_TOKENS_PER_S = {"llamacpp": 40.0, "openai": 3000.0, "vllm": 3000.0}
 BATCH_WINDOW_HOURS = 24.0
 MIN_MEASURED_SAMPLES = 20
+# The share of a reasoning model's response that is its final answer (after </think>), for a judge that grades the
+# answer only (instruct_judged `judge_sees: answer`) planned before the responses exist. Measured on open medical
+# questions answered after reasoning: HuatuoGPT-o1's demo data (198 rows; `Response` over `Complex_CoT` +
+# `Response`, in characters) gives 0.24 (mean answer 716 characters).
+ANSWER_SHARE_ASSUMED = 0.24
 _LOOKUP_CHUNK = 20_000
 
 
@@ -61,6 +66,7 @@ class _StageState:
     work: StageWork
     cached_tokens: list[int] = field(default_factory=list)
     shapes: dict[str, _Shape] = field(default_factory=lambda: defaultdict(_Shape))
+    planned_keys: set[str] = field(default_factory=set)  # samples planned already: an identical one is sent once
 
 
 def _cached(warehouse: Any, keys: list[str]) -> dict[str, int]:
@@ -152,7 +158,12 @@ class Planner:
         budget = role.budget if hasattr(role, "budget") else (lambda m: m)
         for req, ks in zip(requests, keys):
             tokens = counter.count(req.messages) + extra_input
-            missing = sum(1 for k in ks if k not in hits)
+            # the assets send one request per distinct cache key (two samples with the same answer share one
+            # verification): a sample planned already in this stage is not paid again, like a cache hit. Only for
+            # requests rendered from real inputs: an estimated one's placeholder text is not what will be sent.
+            missing = sum(1 for k in ks if k not in hits and not (exact and k in state.planned_keys))
+            if exact:
+                state.planned_keys.update(ks)
             state.cached_tokens.extend(hits[k] for k in ks if k in hits)
             state.work.add(tokens, n=req.n, missing=missing, max_tokens=budget(req.max_tokens))
             state.shapes[source].add(tokens, req.n, budget(req.max_tokens))
@@ -355,6 +366,7 @@ def plan_instruct(planner: Planner) -> None:
             state = planner.states["instruct_responses"].work
             ceiling = state.output_ceiling / state.missing_samples if state.missing_samples else 0.0
             per_response = min(exp, ceiling) if state.missing_samples else 0.0
+        judged_share = ANSWER_SHARE_ASSUMED if jcfg.judge_sees == "answer" else 1.0
         by_source: dict[str, list] = defaultdict(list)
         for source, r, carried in pending_judge:
             by_source[source].append((r, carried))
@@ -363,11 +375,14 @@ def plan_instruct(planner: Planner) -> None:
                 answer = r["messages"][-1]["content"] if carried else ""
                 planner.add_requests("instruct_judged", source,
                                      [ins.judge_request(r["prompt"], r["gold_answer"], answer, structured, jcfg)],
-                                     exact=False, extra_input=0 if carried else round(per_response))
+                                     exact=False, extra_input=0 if carried else round(per_response * judged_share))
             planner.states["instruct_judged"].shapes[source].rows = len(items)
+        seen = (f"of which the judge reads the final answer, {ANSWER_SHARE_ASSUMED:.0%} (judge_sees: answer; the "
+                "share measured on HuatuoGPT-o1's reasoning + answers)" if jcfg.judge_sees == "answer"
+                else "all read by the judge (judge_sees: full)")
         planner.states["instruct_judged"].work.notes.append(
             f"instruct_responses not materialized: each generated response assumed {per_response:,.0f} tokens "
-            "(the generator's expected output) in the judge's input")
+            f"(the generator's expected output), {seen}")
 
 
 def plan_run(warehouse: Any, roles: Mapping[str, Any], profile: Profile, *, scale: str = "warehouse",

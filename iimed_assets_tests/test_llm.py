@@ -164,6 +164,19 @@ def test_cache_serves_finished_samples_and_keys_follow_params(tmp_path):
     assert cache_key("m", a, 0) != cache_key("other-model", a, 0)
 
 
+def test_identical_requests_in_one_call_are_sent_and_counted_once(tmp_path):
+    """Two samples with the same answer make the same verification request: it is sent once, its tokens are paid
+    once, and the repeat counts as a cache hit (what the spend plan assumes)."""
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
+    same = [ChatRequest.of([{"role": "user", "content": "Is A the same as A?"}]) for _ in range(3)]
+    other = ChatRequest.of([{"role": "user", "content": "Is B the same as A?"}])
+    with LoopbackOpenAI(count_prompt_tokens=lambda messages: 10) as s:
+        out, stats = _client(s).generate([*same, other], cache=wh)
+    assert s.requests == 2 and stats.requests == 2
+    assert stats.prompt_tokens == 20 and stats.cache_hits == 2
+    assert out[0][0].text == out[1][0].text == out[2][0].text and all(o[0].ok for o in out)
+
+
 KILLED_RUN = textwrap.dedent("""
     import sys
     from iimed_assets.core.llm import ChatRequest

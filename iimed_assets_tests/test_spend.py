@@ -22,6 +22,7 @@ from iimed_assets.core.spend import (
 from iimed_assets.resources.llm import OpenAICompatibleLLM, role_resource
 from iimed_assets.resources.llm.budget import SPEND_TABLE, BudgetExceeded, StageBudget
 from iimed_assets.resources.warehouse import Warehouse
+from iimed_assets.planning import ANSWER_SHARE_ASSUMED
 from iimed_assets.profiles import CARD
 from iimed_assets.testing.openai_loopback import LoopbackOpenAI
 
@@ -247,6 +248,15 @@ def test_plan_matches_what_the_loopback_run_sends_and_counts_cache_hits(warehous
         assert set(before) == {"instruct_responses", "instruct_judged", "r1_cluster_domains"}
         responses = before["instruct_responses"]
         assert responses.exact and responses.cache_hits == 0 and not before["instruct_judged"].exact
+        # a judge that reads the whole response (judge_sees: full) is planned with the whole expected response in
+        # its input; the default judge reads the final answer, a stated share of it
+        full = {p.stage: p for p in plan_run(wh, roles, LAPTOP, settings={"instruct_judged": {"judge_sees": "full"}},
+                                              assets=["instruct_responses", "instruct_judged"]).stages}
+        judged_full, judged_answer = full["instruct_judged"], before["instruct_judged"]
+        assert judged_full.requests == judged_answer.requests
+        per_response = full["instruct_responses"].output_tokens / full["instruct_responses"].samples
+        assert judged_full.input_tokens - judged_answer.input_tokens == pytest.approx(
+            judged_answer.requests * per_response * (1 - ANSWER_SHARE_ASSUMED), rel=0.02)
 
         assert dg.materialize([instruct_responses], partition_key="healthcaremagic",
                               resources={"warehouse": wh, "generator": roles["generator"]}).success

@@ -231,12 +231,20 @@ class LLMResource(RoleResource):
             with lock:
                 store.close()
         out: list[list[Completion]] = []
-        # Token totals were added as samples finished; count the rest from the final results.
+        # Token totals were added as samples finished; count the rest from the final results. Identical samples
+        # (one cache key at several positions) were sent once: the repeats count as cache hits, not as paid tokens.
         stats.prompt_tokens = stats.completion_tokens = 0
-        for row in results:
+        counted: set[str] = set()
+        for ri, row in enumerate(results):
             filled = [c if c is not None else Completion.failed("not generated") for c in row]
-            for c in filled:
-                stats.add_completion(c)
+            for si, c in enumerate(filled):
+                key = keys[ri][si]
+                if key in counted and c.ok and not c.cached:
+                    stats.finish_reasons[c.finish_reason] = stats.finish_reasons.get(c.finish_reason, 0) + 1
+                    stats.cache_hits += 1
+                else:
+                    stats.add_completion(c)
+                counted.add(key)
             out.append(filled)
         stats.wall_s = time.perf_counter() - started
         if log:
