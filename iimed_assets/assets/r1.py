@@ -213,7 +213,7 @@ def _read_embeddings(warehouse: Warehouse) -> tuple[pa.Table | None, np.ndarray]
     if not warehouse.table_exists("r1_prompt_embeddings"):
         return None, np.zeros((0, 384), np.float32)
     with warehouse.connect() as con:
-        arrow = con.execute("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table()
+        arrow = con.sql("SELECT source, id, embedding FROM r1_prompt_embeddings ORDER BY source, id").to_arrow_table()
     dim = arrow.schema.field("embedding").type.list_size
     return arrow, _vectors(arrow.column("embedding"), dim) if arrow.num_rows else np.zeros((0, dim), np.float32)
 
