@@ -181,3 +181,9 @@ def test_the_judge_role_can_be_the_batch_api():
                                                  "IIMED_JUDGE_BASE_URL": "https://api.openai.com/v1"})
     assert isinstance(judge, OpenAIBatchLLM) and judge.backend == "openai_batch"
     assert judge.prices().discount == 0.5 and judge.usd_per_1m_prompt_tokens == 2.5
+    # the backend alone: the card's judge model and endpoint carry over (the same API, synchronous or batched)
+    alone = role_resource("judge", CARD.judge, {"IIMED_JUDGE_BACKEND": "openai_batch"})
+    assert isinstance(alone, OpenAIBatchLLM) and (alone.model, alone.base_url) == (judge.model, judge.base_url)
+    # another kind of backend does not inherit an OpenAI model name
+    with pytest.raises(ValueError, match="IIMED_JUDGE_MODEL"):
+        role_resource("judge", CARD.judge, {"IIMED_JUDGE_BACKEND": "vllm"})

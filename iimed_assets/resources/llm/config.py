@@ -26,6 +26,11 @@ from iimed_assets.resources.llm.vllm_offline import VLLMOfflineLLM
 BACKENDS = ("llamacpp", "openai", "openai_batch", "vllm", "embedding")
 
 
+# Backends that name models the same way: the OpenAI API, synchronous or through its Batch API (the card's judge
+# becomes a batch judge with IIMED_JUDGE_BACKEND=openai_batch alone, still gpt-4o at api.openai.com).
+_MODEL_FAMILY = {"openai": "openai-api", "openai_batch": "openai-api"}
+
+
 def env_prefix(role: str) -> str:
     return f"IIMED_{role.upper()}"
 
@@ -46,8 +51,9 @@ def role_with_env(role: str, spec: Role, env: Mapping[str, str] | None = None) -
         value = get(key)
         if value is not None:
             changes[field] = cast(value)
-    if "backend" in changes and changes["backend"] != spec.backend and "model" not in changes:
-        changes["model"] = None  # another backend: the profile's model name does not carry over
+    if "backend" in changes and "model" not in changes and \
+            _MODEL_FAMILY.get(changes["backend"], changes["backend"]) != _MODEL_FAMILY.get(spec.backend, spec.backend):
+        changes["model"] = None  # another kind of backend: the profile's model name does not carry over
     return replace(spec, **changes)
 
 
