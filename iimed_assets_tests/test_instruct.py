@@ -247,3 +247,24 @@ def test_the_judge_grades_the_final_answer_not_the_reasoning():
     assert "never closed" not in cut_off.messages[-1][1]  # no answer to grade: the judge sees none
     with pytest.raises(ValueError, match="judge_sees"):
         judge_request("q", "r", "a", True, InstructJudgedConfig(judge_sees="reasoning"))
+
+
+def test_a_batch_judge_gets_the_partition_in_one_round_of_batch_files(warehouse_path):
+    """With the Batch API as judge, a stage hands it at least `stage_rows_per_call` rows per call (each call waits
+    for its batches), not its 64-row chunks: 112 rows in chunks of 8 would be 14 sequential waits."""
+    from iimed_assets.resources.llm import OpenAIBatchLLM
+
+    catalog = SourceCatalog(mode="sample", overrides={"healthcaremagic": str(SAMPLE_DIR / "chatdoctor/chatdoctor5k.jsonl")})
+    with LoopbackOpenAI() as gen, LoopbackOpenAI(script=lambda call: Reply.json({"score": 9})) as batch_server:
+        assert _run(instruct_prompt_rows, "healthcaremagic", warehouse_path, catalog=catalog).success
+        n = _count(warehouse_path, "instruct_prompt_rows")
+        assert _run(instruct_responses, "healthcaremagic", warehouse_path, generator=OpenAICompatibleLLM(
+            base_url=gen.url, model="gen", backoff_base_s=0.01)).success
+        judge = OpenAIBatchLLM(base_url=batch_server.url, model="gpt-4o", poll_interval_s=0.01,
+                               max_requests_per_file=50, stage_rows_per_call=1000)
+        assert judge.rows_per_call(8) == 1000 and OpenAICompatibleLLM(base_url=gen.url, model="g").rows_per_call(8) == 8
+        assert _run(instruct_judged, "healthcaremagic", warehouse_path, {"batch_rows": 8}, judge=judge).success
+        # one call: every row in files of at most 50 requests, submitted together
+        assert n > 100 and len(batch_server.batches.created) == -(-n // 50)
+        assert sum(len(batch_server.batches.requests_of(b)) for b in batch_server.batches.created) == n
+    assert _count(warehouse_path, "instruct_judged") == n

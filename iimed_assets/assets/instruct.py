@@ -197,7 +197,8 @@ def instruct_responses(context: dg.AssetExecutionContext, config: InstructRespon
     run = _Responses(source, source in config.carried_response_sources,
                      budget=stage_budget(context, generator, warehouse, "generator"))
     with staged_partition(warehouse, asset, source, RESPONSE_SCHEMA) as stage:
-        for batch in warehouse.iter_partition("instruct_prompt_rows", source, ["id", "messages"], config.batch_rows):
+        for batch in warehouse.iter_partition("instruct_prompt_rows", source, ["id", "messages"],
+                                              generator.rows_per_call(config.batch_rows)):
             run.respond(batch, stage, generator, config, warehouse, context.log.info)
         stage.close()
         results = swap_checked(context, warehouse, Swap(asset, Select(
@@ -310,7 +311,7 @@ def instruct_judged(context: dg.AssetExecutionContext, config: InstructJudgedCon
     run = _Judging(config, budget=stage_budget(context, judge, warehouse, "judge"))
     with staged_partition(warehouse, asset, source, JUDGE_SCHEMA) as stage:
         for batch in warehouse.iter_partition("instruct_responses", source, ["id", "prompt", "gold_answer", "messages"],
-                                              config.batch_rows):
+                                              judge.rows_per_call(config.batch_rows)):
             run.judge(batch, stage, judge, warehouse, context.log.info)
         stage.close()
         results = swap_checked(context, warehouse, Swap(asset, Select(

@@ -218,7 +218,8 @@ def qa_samples(context: dg.AssetExecutionContext, config: QASamplesConfig, wareh
     total = warehouse.fetch_one("SELECT count(*) FROM qa_seed_rows WHERE source = ?", [source])[0]
     progress = Progress(context.log.info, f"qa_samples[{source}] prompts", total)
     with staged_partition(warehouse, asset, source, SAMPLES_SCHEMA) as stage:
-        for batch in warehouse.iter_partition("qa_seed_rows", source, SEED_COLUMNS, config.batch_prompts):
+        for batch in warehouse.iter_partition("qa_seed_rows", source, SEED_COLUMNS,
+                                              generator.rows_per_call(config.batch_prompts)):
             run.sample(batch, stage, generator, config, warehouse, context.log.info)
             progress(run.rows_in)
         stage.close()
@@ -430,7 +431,7 @@ def qa_verified(context: dg.AssetExecutionContext, config: QAVerifiedConfig, war
     run = _Verification(config, budget=stage_budget(context, judge, warehouse, "judge"))
     with staged_partition(warehouse, asset, source, KEPT_SCHEMA) as stage, \
             staged_partition(warehouse, "qa_sample_verdicts", source, VERDICT_SCHEMA) as vstage:
-        for batch in _prompt_batches(warehouse, source, config.batch_prompts):
+        for batch in _prompt_batches(warehouse, source, judge.rows_per_call(config.batch_prompts)):
             run.rows_in += len(batch)
             checked = {row["id"]: qa.check_samples(samples, _options(row)) for row, samples in batch}
             said = run.judge_batch(batch, checked, judge, warehouse, context.log.info)

@@ -151,6 +151,11 @@ class LLMResource(RoleResource):
         """Requests the backend runs at once (sizes the batches)."""
         return 1
 
+    def rows_per_call(self, configured: int) -> int:
+        """Rows a stage hands one `generate` call (its `batch_rows`); a backend whose calls take hours asks for
+        more, so the calls are few."""
+        return configured
+
     @property
     def budget_chunk(self) -> int:
         """Requests sent between two budget checks when a cap is set (without a cap the work is one chunk)."""

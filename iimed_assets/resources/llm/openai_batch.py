@@ -77,6 +77,9 @@ class OpenAIBatchLLM(LLMResource):
     poll_interval_s: float = Field(default=60.0, description="seconds between two status polls")
     max_wait_s: float = Field(default=26 * 3600.0, description="give up waiting after this long (the batches stay "
                                                                  "recorded: a rerun re-attaches)")
+    stage_rows_per_call: int = Field(default=25_000, description="rows a stage hands one call at the least (a "
+                                     "call's requests go out as parallel batch files, and the call waits for them: "
+                                     "a stage's 64-row default would make 1M judgements 16,000 waits)")
     max_resubmits: int = Field(default=3, description="rounds of resubmitting failed/expired requests")
     timeout_s: float = Field(default=600.0, description="per HTTP call (uploads and downloads included)")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra fields for every request body")
@@ -100,6 +103,9 @@ class OpenAIBatchLLM(LLMResource):
     def parallel_requests(self) -> int:
         # the loop's claim batches: every request of a call in one (batches run for hours; none waits on another)
         return 1 << 30
+
+    def rows_per_call(self, configured: int) -> int:
+        return max(configured, self.stage_rows_per_call)
 
     def prices(self) -> Prices:
         return Prices(self.usd_per_1m_prompt_tokens, self.usd_per_1m_completion_tokens, self.batch_discount)
