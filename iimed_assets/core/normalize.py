@@ -14,7 +14,7 @@ import re
 import string
 import unicodedata
 from dataclasses import dataclass, field
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from iimed_assets.core.schema import Reason, content_key, make_row_id
@@ -554,17 +554,23 @@ def _assistant_turn(response: str | None, reasoning: str | None, meta: dict[str,
     return {"role": "assistant", "content": assistant_content(reasoning, answer)}
 
 
-def _holds_non_finite(value: Any) -> bool:
+def any_nested(value: Any, test: Callable[[Any], bool]) -> bool:
+    """Whether `test` holds for `value` or anything nested in it (mapping values, list/tuple items); iterative, so
+    a deeply nested record cannot exhaust the stack."""
     stack = [value]
     while stack:
         v = stack.pop()
-        if _non_finite(v):
+        if test(v):
             return True
         if isinstance(v, Mapping):
             stack.extend(v.values())
         elif isinstance(v, (list, tuple)):
             stack.extend(v)
     return False
+
+
+def _holds_non_finite(value: Any) -> bool:
+    return any_nested(value, _non_finite)
 
 
 def _native_id(record: Any, id_path: str | tuple[str, ...] | None) -> Any:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from iimed_assets.core.coverage import FieldCoverage
-from iimed_assets.core.normalize import RowRejected, as_rejection, normalize_record, required_roots
+from iimed_assets.core.normalize import RowRejected, any_nested, as_rejection, normalize_record, required_roots
 from iimed_assets.core.schema import LEDGER_STAGE_SCHEMA, SAMPLE_SCHEMA, Reason
 from iimed_assets.sources.loaders import RawItem
 from iimed_assets.sources.records import hub_outcomes, required_fields
@@ -118,20 +118,18 @@ def unwritable_reason(row: dict, exc: BaseException) -> tuple[str, str]:
     return Reason.UNWRITABLE, safe_text(f"{type(exc).__name__}: {exc}")[:300]
 
 
-def _has_surrogate(value) -> bool:
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, (list, tuple)):
-            stack.extend(v)
+def _lone_surrogate(v) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
+
+
+def _has_surrogate(value) -> bool:
+    return any_nested(value, _lone_surrogate)
 
 
 def safe_text(text: str) -> str:
