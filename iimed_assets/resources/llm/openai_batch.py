@@ -35,7 +35,7 @@ from pydantic import Field, PrivateAttr
 from iimed_assets.core.llm import ChatRequest, Completion, UsageStats, cache_key, sample_seed
 from iimed_assets.core.spend import Prices
 from iimed_assets.resources.llm.base import LLMResource, Log, OnDone, WorkItem
-from iimed_assets.resources.llm.openai_compatible import parse_choices
+from iimed_assets.resources.llm.openai_compatible import chat_body, parse_choices
 
 BATCHES_TABLE = "llm_batches"
 BATCH_REQUESTS_TABLE = "llm_batch_requests"
@@ -165,21 +165,9 @@ class OpenAIBatchLLM(LLMResource):
             n = len(item.sample_indices)
             custom_id = hashlib.sha256(f"{cache_key(self.model_id, req, first)}:{n}".encode()).hexdigest()[:40]
             if custom_id not in lines:
-                lines[custom_id] = _Pending(custom_id, self._body(req, n, sample_seed(req.seed, first)))
+                lines[custom_id] = _Pending(custom_id, chat_body(self, req, n, sample_seed(req.seed, first)))
             lines[custom_id].targets.append((item.index, list(item.sample_indices)))
         return lines
-
-    def _body(self, req: ChatRequest, n: int, seed: int | None) -> dict[str, Any]:
-        body: dict[str, Any] = {**self.extra_body, "model": self.model, "messages": req.message_dicts(), "n": n,
-                                "temperature": req.temperature, "top_p": req.top_p,
-                                "max_tokens": self.budget(req.max_tokens)}
-        if seed is not None:
-            body["seed"] = seed
-        if req.stop:
-            body["stop"] = list(req.stop)
-        if req.output is not None:
-            body["response_format"] = req.output.response_format()
-        return body
 
     def files_for(self, pending: Sequence[_Pending]) -> list[bytes]:
         """JSONL files, each within the request-count and byte limits (a line over the byte limit alone fails

@@ -127,16 +127,7 @@ class OpenAICompatibleLLM(LLMResource):
                 left = left[len(completions):]
 
     def _params(self, req: ChatRequest, n: int, seed: int | None) -> dict[str, Any]:
-        params: dict[str, Any] = {**self.extra_body, "model": self.model, "messages": req.message_dicts(), "n": n,
-                                  "temperature": req.temperature, "top_p": req.top_p,
-                                  "max_tokens": self.budget(req.max_tokens)}
-        if seed is not None:
-            params["seed"] = seed
-        if req.stop:
-            params["stop"] = list(req.stop)
-        if req.output is not None:
-            params["response_format"] = req.output.response_format()
-        return params
+        return chat_body(self, req, n, seed)
 
     async def _call(self, servers: list["_Server"], home: int, req: ChatRequest, n: int, seed: int | None,
                     stats: UsageStats) -> tuple[list[Completion] | None, str]:
@@ -246,6 +237,20 @@ def _retry_after(exc: Any) -> float | None:
         return float(value) if value is not None else None
     except (AttributeError, ValueError):
         return None
+
+
+def chat_body(llm: Any, req: ChatRequest, n: int, seed: int | None) -> dict[str, Any]:
+    """The `/v1/chat/completions` body for one request of `llm` (its model, extra body and token budget), sent
+    as it is here and written as a line of a Batch API file."""
+    body: dict[str, Any] = {**llm.extra_body, "model": llm.model, "messages": req.message_dicts(), "n": n,
+                            "temperature": req.temperature, "top_p": req.top_p, "max_tokens": llm.budget(req.max_tokens)}
+    if seed is not None:
+        body["seed"] = seed
+    if req.stop:
+        body["stop"] = list(req.stop)
+    if req.output is not None:
+        body["response_format"] = req.output.response_format()
+    return body
 
 
 def parse_choices(resp: dict, n: int) -> list[Completion]:
