@@ -99,6 +99,7 @@ def profile_settings(profile: Profile | None, stage: str) -> dict[str, Any]:
     return {
         "qa_samples": {"n": p.qa_n, "temperature": p.qa_temperature, "top_p": p.qa_top_p, "max_tokens": p.qa_max_tokens},
         "qa_verified": {"judge_max_tokens": p.verify_max_tokens, "judge_rationale_chars": p.verify_rationale_chars},
+        "r1_clusters": {"k": p.kmeans_k},
         "r1_cluster_domains": {"voters": p.domain_voters, "max_tokens": p.domain_max_tokens,
                                "per_prompt_budget": p.per_prompt_budget},
         "instruct_responses": {"max_tokens": p.instruct_max_tokens},
@@ -279,10 +280,10 @@ def plan_qa(planner: Planner) -> None:
             "qa_samples not materialized: every free-form sample assumed judged, its answer as long as the reference")
 
 
-def plan_domains(planner: Planner, profile: Profile) -> None:
+def plan_domains(planner: Planner) -> None:
     """r1_cluster_domains (the classifier's vote over the prompts nearest each centroid)."""
-    from iimed_assets.assets.r1 import DomainConfig
-    from iimed_assets.core import domains
+    from iimed_assets.assets.r1 import ClusterConfig, DomainConfig
+    from iimed_assets.core import clustering, domains
 
     role = planner.roles["classifier"]
     wh = planner.warehouse
@@ -301,7 +302,8 @@ def plan_domains(planner: Planner, profile: Profile) -> None:
     elif wh.table_exists("r1_trace_rows"):
         # before clustering: K clusters × voters, prompts drawn from the stored traces
         rows = wh.fetch_one("SELECT count(*) FROM r1_trace_rows")[0]
-        k = cfg_k(profile, rows)
+        kcfg = planner._config(ClusterConfig, "r1_clusters")
+        k = clustering.choose_k(rows, kcfg.k, kcfg.prompts_per_cluster)  # the rule r1_clusters applies
         voters = wh.fetch("SELECT source, prompt FROM r1_trace_rows USING SAMPLE reservoir(? ROWS) REPEATABLE (0)",
                           [min(rows, k * cfg.voters)])
         exact = False
@@ -318,10 +320,6 @@ def plan_domains(planner: Planner, profile: Profile) -> None:
     if state and cfg.per_prompt_budget > 0:
         state.work.notes.append(f"mixed clusters may add up to {cfg.per_prompt_budget:g} × voters more "
                                 "classifications (unknown before the vote; not counted)")
-
-
-def cfg_k(profile: Profile, rows: int) -> int:
-    return profile.kmeans_k or max(1, rows // 40)
 
 
 def plan_instruct(planner: Planner) -> None:
@@ -393,7 +391,7 @@ def plan_run(warehouse: Any, roles: Mapping[str, Any], profile: Profile, *, scal
     planner = Planner(warehouse, roles, settings, output_tokens, env, measured_throughput, fresh=scale == "card",
                       profile=profile)
     plan_qa(planner)
-    plan_domains(planner, profile)
+    plan_domains(planner)
     plan_instruct(planner)
     wanted = [s for s in LLM_STAGES if not assets or s in set(assets)]
     if scale == "card":
